@@ -1,0 +1,8 @@
+//! The batcher: the scheduling core (`state`) driven by dedicated inference
+//! worker threads (`worker`), and the async handle the transports use.
+
+pub mod profile;
+pub mod state;
+mod worker;
+
+pub use worker::{Batcher, BatcherConfig, Job, Outcome};

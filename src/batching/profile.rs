@@ -1,0 +1,148 @@
+//! Latency model: per variant and batch size, a decayed mean and a decayed
+//! mean absolute deviation of execution time, seeded at warm-up and updated
+//! from every real execution. Predictions are mean + k × deviation.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Exponentially decayed mean and absolute deviation, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub dev: f64,
+    pub count: u64,
+}
+
+impl Stat {
+    const ALPHA: f64 = 0.1;
+
+    pub fn observe(&mut self, secs: f64) {
+        if self.count == 0 {
+            self.mean = secs;
+            self.dev = secs * 0.05;
+        } else {
+            let err = secs - self.mean;
+            self.mean += Self::ALPHA * err;
+            self.dev += Self::ALPHA * (err.abs() - self.dev);
+        }
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantProfile {
+    /// (batch size, execution time of the whole batch).
+    pub by_batch: Vec<(usize, Stat)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyModel {
+    pub variants: Vec<VariantProfile>,
+    pub preprocess: Stat,
+    /// Spread multiplier used in predictions.
+    pub k: f64,
+    /// A batch size "pays off" when its time per image is below this
+    /// fraction of batch 1's.
+    pub payoff: f64,
+}
+
+impl LatencyModel {
+    pub fn new(sizes: &[Vec<usize>]) -> LatencyModel {
+        let variants = sizes
+            .iter()
+            .map(|s| VariantProfile {
+                by_batch: s.iter().map(|b| (*b, Stat::default())).collect(),
+            })
+            .collect();
+        LatencyModel {
+            variants,
+            preprocess: Stat::default(),
+            k: 2.0,
+            payoff: 0.9,
+        }
+    }
+
+    fn stat(&self, v: usize, batch: usize) -> Option<&Stat> {
+        self.variants[v]
+            .by_batch
+            .iter()
+            .find(|(b, _)| *b == batch)
+            .map(|(_, s)| s)
+    }
+
+    pub fn observe(&mut self, v: usize, batch: usize, took: Duration) {
+        if let Some((_, s)) = self.variants[v]
+            .by_batch
+            .iter_mut()
+            .find(|(b, _)| *b == batch)
+        {
+            s.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Mean execution time of a batch; batch 1's cost × batch when unmeasured.
+    pub fn mean(&self, v: usize, batch: usize) -> Duration {
+        match self.stat(v, batch) {
+            Some(s) if s.count > 0 => Duration::from_secs_f64(s.mean),
+            _ => self.stat(v, 1).map_or(Duration::ZERO, |s| {
+                Duration::from_secs_f64(s.mean * batch as f64)
+            }),
+        }
+    }
+
+    /// Conservative prediction: mean + k × deviation.
+    pub fn predict(&self, v: usize, batch: usize) -> Duration {
+        match self.stat(v, batch) {
+            Some(s) if s.count > 0 => Duration::from_secs_f64(s.mean + self.k * s.dev),
+            _ => self.predict(v, 1).mul_f64(batch as f64),
+        }
+    }
+
+    /// Batch sizes whose measured time per image beats batch 1 clearly.
+    pub fn paying_sizes(&self, v: usize) -> Vec<usize> {
+        let one = self.mean(v, 1).as_secs_f64();
+        self.variants[v]
+            .by_batch
+            .iter()
+            .filter(|(b, s)| *b == 1 || (s.count > 0 && s.mean / (*b as f64) < one * self.payoff))
+            .map(|(b, _)| *b)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decayed_mean_tracks_a_shift() {
+        let mut s = Stat::default();
+        for _ in 0..50 {
+            s.observe(0.010);
+        }
+        assert!((s.mean - 0.010).abs() < 1e-9);
+        for _ in 0..50 {
+            s.observe(0.020);
+        }
+        assert!((s.mean - 0.020).abs() < 0.001, "{}", s.mean);
+    }
+
+    #[test]
+    fn only_sub_linear_batches_pay_off() {
+        let mut m = LatencyModel::new(&[vec![1, 2, 4], vec![1, 2, 4]]);
+        let ms = Duration::from_millis;
+        // Variant 0: batches cost 1.6x per image (this CPU with tract).
+        m.observe(0, 1, ms(30));
+        m.observe(0, 2, ms(96));
+        m.observe(0, 4, ms(192));
+        // Variant 1: strongly sub-linear batches.
+        m.observe(1, 1, ms(30));
+        m.observe(1, 2, ms(36));
+        m.observe(1, 4, ms(48));
+        assert_eq!(m.paying_sizes(0), vec![1]);
+        assert_eq!(m.paying_sizes(1), vec![1, 2, 4]);
+        assert!(m.predict(0, 1) >= m.mean(0, 1));
+        // No plan measured for 8: extrapolated linearly from batch 1.
+        assert!((m.mean(0, 8).as_secs_f64() - 0.240).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,326 @@
+//! The batching and routing core: plain state fed by events, with the clock
+//! passed in, so every decision can be unit-tested with a fake clock.
+//!
+//! - `submit` routes a request (most accurate variant predicted to meet its
+//!   deadline, given the work already queued ahead of it) and queues it;
+//! - `next` is called by an idle worker: it sheds requests that can no longer
+//!   make their deadline or whose client went away, then picks the queue whose
+//!   head has the earliest deadline (EDF across variants: fair, no
+//!   starvation) and forms a batch, waiting for more requests only when a
+//!   larger batch pays off in the latency profile and the oldest deadline
+//!   still allows it;
+//! - `finish` feeds the measured execution time back into the profile.
+
+use super::profile::LatencyModel;
+use crate::error::ServeError;
+use crate::routing::{self, RouteReason, RouteRequest};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What the core needs to know about a queued payload.
+pub trait Payload {
+    /// The client is gone: drop the request before inference.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+pub struct Queued<T> {
+    pub arrival: Instant,
+    pub deadline: Instant,
+    pub enqueued: Instant,
+    pub reason: RouteReason,
+    pub payload: T,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariantMeta {
+    pub name: String,
+    pub top1: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Requests queued at most, over all variants.
+    pub queue_capacity: usize,
+    /// Longest a request waits for its batch to fill.
+    pub max_batch_wait: Duration,
+    /// Whether batches larger than 1 may be formed at all.
+    pub batching: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            queue_capacity: 256,
+            max_batch_wait: Duration::from_millis(10),
+            batching: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub variant: usize,
+    pub items: Vec<Queued<T>>,
+    pub predicted: Duration,
+}
+
+#[derive(Debug)]
+pub enum Next<T> {
+    Run(Batch<T>),
+    /// Nothing to run before this instant (a batch is filling).
+    WaitUntil(Instant),
+    Idle,
+}
+
+/// Why a queued request was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Its deadline passed, or will before the fastest execution could end.
+    Expired,
+    /// Its client disconnected.
+    Cancelled,
+}
+
+impl ShedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Expired => "expired",
+            ShedReason::Cancelled => "client_gone",
+        }
+    }
+}
+
+pub struct Admitted {
+    pub variant: usize,
+    pub reason: RouteReason,
+    pub predicted_latency: Duration,
+}
+
+pub struct State<T> {
+    pub variants: Vec<VariantMeta>,
+    pub profile: LatencyModel,
+    pub policy: Policy,
+    queues: Vec<VecDeque<Queued<T>>>,
+    /// Predicted end of the batch each worker runs; None when idle.
+    busy_until: Vec<Option<Instant>>,
+    queued: usize,
+}
+
+impl<T: Payload> State<T> {
+    pub fn new(
+        variants: Vec<VariantMeta>,
+        profile: LatencyModel,
+        policy: Policy,
+        workers: usize,
+    ) -> Self {
+        let queues = variants.iter().map(|_| VecDeque::new()).collect();
+        State {
+            variants,
+            profile,
+            policy,
+            queues,
+            busy_until: vec![None; workers.max(1)],
+            queued: 0,
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn queued_for(&self, v: usize) -> usize {
+        self.queues[v].len()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.busy_until.len()
+    }
+
+    /// When a request with `deadline` could start: list-schedule the running
+    /// batches and the queued requests that EDF would serve before it.
+    fn predicted_start(&self, deadline: Instant, now: Instant) -> Instant {
+        let mut free: Vec<Instant> = self
+            .busy_until
+            .iter()
+            .map(|b| b.unwrap_or(now).max(now))
+            .collect();
+        let mut ahead: Vec<(Instant, usize)> = self
+            .queues
+            .iter()
+            .enumerate()
+            .flat_map(|(v, q)| {
+                q.iter()
+                    .filter(|r| r.deadline <= deadline)
+                    .map(move |r| (r.deadline, v))
+            })
+            .collect();
+        ahead.sort();
+        for (_, v) in ahead {
+            let w = (0..free.len()).min_by_key(|i| free[*i]).unwrap_or(0);
+            free[w] += self.profile.mean(v, 1);
+        }
+        free.into_iter().min().unwrap_or(now)
+    }
+
+    /// Route and queue a request. On rejection the payload comes back with
+    /// the error to answer.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(
+        &mut self,
+        req: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
+        payload: T,
+        now: Instant,
+    ) -> Result<Admitted, (ServeError, T)> {
+        if self.queued >= self.policy.queue_capacity {
+            return Err((
+                ServeError::QueueFull {
+                    capacity: self.policy.queue_capacity,
+                },
+                payload,
+            ));
+        }
+        let top1: Vec<f64> = self.variants.iter().map(|v| v.top1).collect();
+        let cands = routing::candidates(&top1, req);
+        if cands.is_empty() {
+            let best = top1.iter().copied().fold(0.0, f64::max);
+            let min = req.min_top1.unwrap_or(0.0);
+            return Err((ServeError::NoVariantAccurateEnough { min, best }, payload));
+        }
+        let start = self.predicted_start(deadline, now);
+        let wait = start.saturating_duration_since(now);
+        let left = deadline.saturating_duration_since(now);
+        let chosen = routing::choose(&cands, req.pinned.is_some(), left, |v| {
+            wait + self.profile.predict(v, 1)
+        });
+        match chosen {
+            Ok((variant, reason, predicted)) => {
+                self.queues[variant].push_back(Queued {
+                    arrival,
+                    deadline,
+                    enqueued: now,
+                    reason,
+                    payload,
+                });
+                self.queued += 1;
+                Ok(Admitted {
+                    variant,
+                    reason,
+                    predicted_latency: now.saturating_duration_since(arrival) + predicted,
+                })
+            }
+            Err((v, best)) => {
+                let spent = now.saturating_duration_since(arrival);
+                let err = ServeError::BudgetUnmeetable {
+                    budget_ms: (deadline.saturating_duration_since(arrival)).as_secs_f64() * 1e3,
+                    best_ms: (spent + best).as_secs_f64() * 1e3,
+                    variant: self.variants[v].name.clone(),
+                };
+                Err((err, payload))
+            }
+        }
+    }
+
+    /// Remove requests that cannot be served in time or whose client left.
+    pub fn shed(&mut self, now: Instant) -> Vec<(usize, Queued<T>, ShedReason)> {
+        let mut out = Vec::new();
+        for v in 0..self.queues.len() {
+            let fastest = self.profile.mean(v, 1);
+            let q = &mut self.queues[v];
+            let mut i = 0;
+            while i < q.len() {
+                let r = &q[i];
+                let why = if r.payload.is_cancelled() {
+                    Some(ShedReason::Cancelled)
+                } else if now + fastest > r.deadline {
+                    Some(ShedReason::Expired)
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => out.push((v, q.remove(i).expect("index in range"), why)),
+                    None => i += 1,
+                }
+            }
+        }
+        self.queued -= out.len();
+        out
+    }
+
+    /// Called by idle worker `w`. Call `shed` first.
+    pub fn next(&mut self, w: usize, now: Instant) -> Next<T> {
+        let mut order: Vec<usize> = (0..self.queues.len())
+            .filter(|v| !self.queues[*v].is_empty())
+            .collect();
+        order.sort_by_key(|v| self.queues[*v][0].deadline);
+        let mut wait: Option<Instant> = None;
+        for v in order {
+            match self.batch_size(v, now) {
+                Ok(size) => {
+                    let items: Vec<Queued<T>> = self.queues[v].drain(..size).collect();
+                    self.queued -= items.len();
+                    let predicted = self.profile.predict(v, size);
+                    self.busy_until[w] = Some(now + predicted);
+                    return Next::Run(Batch {
+                        variant: v,
+                        items,
+                        predicted,
+                    });
+                }
+                Err(until) => wait = Some(wait.map_or(until, |w| w.min(until))),
+            }
+        }
+        wait.map_or(Next::Idle, Next::WaitUntil)
+    }
+
+    /// The batch to take now from queue `v`, or the instant until which it
+    /// is worth waiting for a larger batch.
+    fn batch_size(&self, v: usize, now: Instant) -> Result<usize, Instant> {
+        let n = self.queues[v].len();
+        let sizes = if self.policy.batching {
+            self.profile.paying_sizes(v)
+        } else {
+            vec![1]
+        };
+        let largest = *sizes.last().unwrap_or(&1);
+        let head = &self.queues[v][0];
+        if n < largest {
+            // A larger batch pays off: wait for it while the oldest request
+            // can still afford the larger batch, and no longer than max wait.
+            let latest = head
+                .deadline
+                .checked_sub(self.profile.predict(v, largest))
+                .unwrap_or(now);
+            let until = latest.min(head.enqueued + self.policy.max_batch_wait);
+            if until > now {
+                return Err(until);
+            }
+        }
+        // Largest paying size available that still meets the head's deadline.
+        Ok(sizes
+            .iter()
+            .rev()
+            .copied()
+            .find(|b| *b <= n && (*b == 1 || now + self.profile.predict(v, *b) <= head.deadline))
+            .unwrap_or(1))
+    }
+
+    /// Worker `w` finished a batch of `size` on variant `v` in `took`.
+    pub fn finish(&mut self, w: usize, v: usize, size: usize, took: Duration) {
+        self.profile.observe(v, size, took);
+        self.busy_until[w] = None;
+    }
+
+    /// Drain every queue (shutdown).
+    pub fn drain(&mut self) -> Vec<Queued<T>> {
+        self.queued = 0;
+        self.queues.iter_mut().flat_map(|q| q.drain(..)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use super::*;
+use std::cell::Cell;
+use std::rc::Rc;
+
+#[derive(Debug, Default, Clone)]
+struct Job {
+    id: u32,
+    gone: Rc<Cell<bool>>,
+}
+
+impl Payload for Job {
+    fn is_cancelled(&self) -> bool {
+        self.gone.get()
+    }
+}
+
+fn job(id: u32) -> Job {
+    Job {
+        id,
+        ..Default::default()
+    }
+}
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Three variants, most accurate slowest: 40, 25 and 15 ms at batch 1.
+/// `batch_cost` is the cost of a batch of 4 relative to 4 × batch 1.
+fn state(workers: usize, batch_cost: f64) -> State<Job> {
+    let names = [("full", 0.75, 40), ("pruned", 0.72, 25), ("int8", 0.70, 15)];
+    let mut profile = LatencyModel::new(&[vec![1, 4], vec![1, 4], vec![1, 4]]);
+    for (v, (_, _, ms)) in names.iter().enumerate() {
+        for _ in 0..5 {
+            profile.observe(v, 1, MS(*ms));
+            profile.observe(v, 4, MS(*ms).mul_f64(4.0 * batch_cost));
+        }
+    }
+    let variants = names
+        .iter()
+        .map(|(n, t, _)| VariantMeta {
+            name: n.to_string(),
+            top1: *t,
+        })
+        .collect();
+    State::new(variants, profile, Policy::default(), workers)
+}
+
+fn submit(
+    s: &mut State<Job>,
+    id: u32,
+    budget_ms: u64,
+    now: Instant,
+) -> Result<Admitted, ServeError> {
+    s.submit(
+        &RouteRequest::default(),
+        now,
+        now + MS(budget_ms),
+        job(id),
+        now,
+    )
+    .map_err(|(e, _)| e)
+}
+
+fn run(next: Next<Job>) -> Batch<Job> {
+    match next {
+        Next::Run(b) => b,
+        other => panic!("expected a batch, got {other:?}"),
+    }
+}
+
+#[test]
+fn idle_server_serves_the_most_accurate_variant() {
+    let mut s = state(2, 1.6);
+    let t = Instant::now();
+    let a = submit(&mut s, 1, 100, t).unwrap();
+    assert_eq!((a.variant, a.reason), (0, RouteReason::MostAccurate));
+    let b = run(s.next(0, t));
+    assert_eq!((b.variant, b.items.len(), b.items[0].payload.id), (0, 1, 1));
+}
+
+#[test]
+fn backlog_downgrades_then_rejects_with_the_best_prediction() {
+    let mut s = state(1, 1.6);
+    let t = Instant::now();
+    let served: Vec<usize> = (0..6)
+        .filter_map(|i| submit(&mut s, i, 100, t).ok().map(|a| a.variant))
+        .collect();
+    // 40 + 40 ms fit in 100 ms; then the backlog forces cheaper variants.
+    assert_eq!(served[..2], [0, 0]);
+    assert!(served[2..].iter().all(|v| *v > 0), "{served:?}");
+    assert!(
+        served.len() < 6,
+        "a one-worker server cannot take six 100 ms requests: {served:?}"
+    );
+    match submit(&mut s, 99, 100, t) {
+        Err(ServeError::BudgetUnmeetable {
+            best_ms, variant, ..
+        }) => {
+            assert!(best_ms > 100.0);
+            assert_eq!(variant, "int8");
+        }
+        other => panic!("expected a rejection, got {:?}", other.map(|a| a.variant)),
+    }
+}
+
+#[test]
+fn more_workers_absorb_more_backlog() {
+    let t = Instant::now();
+    let accepted = |workers| {
+        let mut s = state(workers, 1.6);
+        (0..20)
+            .filter(|i| submit(&mut s, *i, 100, t).is_ok())
+            .count()
+    };
+    assert!(accepted(2) > accepted(1));
+}
+
+#[test]
+fn pinned_variant_is_kept_or_rejected_never_swapped() {
+    let mut s = state(1, 1.6);
+    let t = Instant::now();
+    let pin = RouteRequest {
+        pinned: Some(0),
+        min_top1: None,
+    };
+    let a = s
+        .submit(&pin, t, t + MS(100), job(1), t)
+        .map_err(|e| e.0)
+        .unwrap();
+    assert_eq!((a.variant, a.reason), (0, RouteReason::Pinned));
+    s.submit(&pin, t, t + MS(100), job(2), t)
+        .map_err(|e| e.0)
+        .unwrap();
+    let third = s.submit(&pin, t, t + MS(100), job(3), t);
+    assert!(matches!(
+        third,
+        Err((ServeError::BudgetUnmeetable { .. }, _))
+    ));
+}
+
+#[test]
+fn min_accuracy_excludes_variants() {
+    let mut s = state(1, 1.6);
+    let t = Instant::now();
+    let strict = RouteRequest {
+        pinned: None,
+        min_top1: Some(0.74),
+    };
+    for i in 0..2 {
+        assert_eq!(
+            s.submit(&strict, t, t + MS(100), job(i), t)
+                .map_err(|e| e.0)
+                .unwrap()
+                .variant,
+            0
+        );
+    }
+    // The backlog would downgrade, but nothing else is accurate enough.
+    assert!(s.submit(&strict, t, t + MS(100), job(3), t).is_err());
+    let impossible = RouteRequest {
+        pinned: None,
+        min_top1: Some(0.99),
+    };
+    let e = s
+        .submit(&impossible, t, t + MS(100), job(4), t)
+        .unwrap_err()
+        .0;
+    assert!(matches!(e, ServeError::NoVariantAccurateEnough { .. }));
+}
+
+#[test]
+fn expired_and_cancelled_requests_are_shed_before_inference() {
+    let mut s = state(1, 1.6);
+    let t = Instant::now();
+    submit(&mut s, 1, 100, t).unwrap();
+    submit(&mut s, 2, 500, t).unwrap();
+    let gone = job(3);
+    s.submit(&RouteRequest::default(), t, t + MS(500), gone.clone(), t)
+        .map_err(|e| e.0)
+        .unwrap();
+    gone.gone.set(true);
+    // 70 ms later request 1 cannot finish a 40 ms run before its deadline.
+    let shed = s.shed(t + MS(70));
+    let mut got: Vec<(u32, ShedReason)> = shed.iter().map(|(_, q, r)| (q.payload.id, *r)).collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        vec![(1, ShedReason::Expired), (3, ShedReason::Cancelled)]
+    );
+    assert_eq!(s.queued(), 1);
+    assert_eq!(run(s.next(0, t + MS(70))).items[0].payload.id, 2);
+}
+
+#[test]
+fn batches_form_when_batching_pays_off() {
+    let mut s = state(1, 0.4); // a batch of 4 costs 1.6 images
+    let t = Instant::now();
+    submit(&mut s, 0, 1000, t).unwrap();
+    // One request and a larger batch pays: wait for it, up to max wait.
+    match s.next(0, t) {
+        Next::WaitUntil(u) => assert_eq!(u, t + s.policy.max_batch_wait),
+        other => panic!("expected to wait, got {other:?}"),
+    }
+    for i in 1..4 {
+        submit(&mut s, i, 1000, t + MS(1)).unwrap();
+    }
+    let b = run(s.next(0, t + MS(1)));
+    assert_eq!(b.items.len(), 4);
+    // Alone past the max wait, a request runs by itself.
+    submit(&mut s, 9, 1000, t).unwrap();
+    assert_eq!(run(s.next(0, t + MS(11))).items.len(), 1);
+}
+
+#[test]
+fn no_batches_and_no_waiting_when_batching_does_not_pay() {
+    let mut s = state(2, 1.6); // tract on this CPU: batch 4 costs 6.4 images
+    let t = Instant::now();
+    for i in 0..4 {
+        submit(&mut s, i, 1000, t).unwrap();
+    }
+    assert_eq!(run(s.next(0, t)).items.len(), 1);
+    assert_eq!(run(s.next(1, t)).items.len(), 1);
+    let mut s = state(1, 0.4);
+    s.policy.batching = false;
+    submit(&mut s, 0, 1000, t).unwrap();
+    assert_eq!(run(s.next(0, t)).items.len(), 1);
+}
+
+#[test]
+fn a_tight_deadline_does_not_wait_for_a_batch() {
+    let mut s = state(1, 0.4); // batch of 4 on full: 64 ms
+    let t = Instant::now();
+    submit(&mut s, 0, 60, t).unwrap();
+    assert_eq!(run(s.next(0, t)).items.len(), 1);
+}
+
+#[test]
+fn earliest_deadline_first_across_variants_so_nothing_starves() {
+    let mut s = state(1, 1.6);
+    let t = Instant::now();
+    let int8 = RouteRequest {
+        pinned: Some(2),
+        min_top1: None,
+    };
+    let full = RouteRequest {
+        pinned: Some(0),
+        min_top1: None,
+    };
+    s.submit(&int8, t, t + MS(900), job(1), t)
+        .map_err(|e| e.0)
+        .unwrap();
+    for i in 2..6 {
+        s.submit(&full, t, t + MS(300 + i as u64), job(i), t)
+            .map_err(|e| e.0)
+            .unwrap();
+    }
+    let order: Vec<u32> = (0..5)
+        .map(|k| {
+            let now = t + MS(k);
+            let b = run(s.next(0, now));
+            s.finish(0, b.variant, 1, MS(1));
+            b.items[0].payload.id
+        })
+        .collect();
+    assert_eq!(order, vec![2, 3, 4, 5, 1]);
+}
+
+#[test]
+fn queue_is_bounded() {
+    let mut s = state(1, 1.6);
+    s.policy.queue_capacity = 3;
+    let t = Instant::now();
+    for i in 0..3 {
+        submit(&mut s, i, 10_000, t).unwrap();
+    }
+    assert!(matches!(
+        submit(&mut s, 4, 10_000, t),
+        Err(ServeError::QueueFull { capacity: 3 })
+    ));
+}
+
+#[test]
+fn finish_updates_the_profile() {
+    let mut s = state(1, 1.6);
+    let before = s.profile.mean(0, 1);
+    for _ in 0..30 {
+        s.finish(0, 0, 1, MS(80));
+    }
+    assert!(s.profile.mean(0, 1) > before + MS(30));
+}

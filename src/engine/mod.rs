@@ -1,0 +1,53 @@
+//! The inference engine behind a small trait, so the batcher and the
+//! transports can be tested with a fake engine. All tract calls live in
+//! `tract.rs`.
+
+pub mod fake;
+pub mod tract;
+
+use anyhow::Result;
+
+/// Runs a batch of preprocessed images through one variant.
+pub trait Engine: Send + Sync + 'static {
+    /// Number of variants, indexed 0..n in manifest order.
+    fn num_variants(&self) -> usize;
+    /// Batch sizes for which variant `v` has a plan, ascending; always holds 1.
+    fn batch_sizes(&self, v: usize) -> &[usize];
+    /// Logits per image.
+    fn num_classes(&self) -> usize;
+    /// `input` holds `batch` NCHW images back to back; returns `batch` rows of logits.
+    fn infer(&self, v: usize, batch: usize, input: Vec<f32>) -> Result<Vec<f32>>;
+}
+
+/// Softmax of one row of logits, then the `k` best (index, probability).
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|x| (x - max).exp()).sum();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return vec![];
+    }
+    idx.select_nth_unstable_by(k - 1, |a, b| logits[*b].total_cmp(&logits[*a]));
+    idx.truncate(k);
+    idx.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+    idx.into_iter()
+        .map(|i| (i, (logits[i] - max).exp() / sum))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_softmax() {
+        let logits = [1.0, 3.0, 2.0, -1.0];
+        let t = top_k(&logits, 2);
+        assert_eq!(t.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
+        let total: f32 = top_k(&logits, 10).iter().map(|p| p.1).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(t[0].1 > t[1].1);
+        assert!(top_k(&logits, 0).is_empty());
+    }
+}

@@ -1,0 +1,200 @@
+//! `POST /classify`: the raw image as the body, or multipart field `image`.
+
+use super::AppState;
+use crate::error::ServeError;
+use crate::service::RequestOptions;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    top_k: Option<usize>,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ServeError> {
+    h.get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ServeError::BadHeader {
+                    name,
+                    reason: "not visible ASCII".into(),
+                })
+        })
+        .transpose()
+}
+
+/// `X-SLA-Ms`, `X-Variant`, `X-Min-Accuracy`.
+pub fn options_from_headers(h: &HeaderMap) -> Result<RequestOptions, ServeError> {
+    let budget = header_str(h, "x-sla-ms")?
+        .map(|s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0 && *v <= 3.6e6)
+                .map(|v| Duration::from_secs_f64(v / 1e3))
+                .ok_or_else(|| ServeError::BadHeader {
+                    name: "x-sla-ms",
+                    reason: format!("'{s}' is not a positive number of milliseconds"),
+                })
+        })
+        .transpose()?;
+    let variant = header_str(h, "x-variant")?.map(str::to_owned);
+    let min_top1 = header_str(h, "x-min-accuracy")?
+        .map(|s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=1.0).contains(v))
+                .ok_or_else(|| ServeError::BadHeader {
+                    name: "x-min-accuracy",
+                    reason: format!("'{s}' is not a fraction in 0..=1"),
+                })
+        })
+        .transpose()?;
+    Ok(RequestOptions {
+        variant,
+        budget,
+        min_top1,
+    })
+}
+
+async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let essence = ctype.split(';').next().unwrap_or("").trim().to_string();
+    let too_large = |e: &dyn std::fmt::Display| {
+        let msg = e.to_string();
+        if msg.contains("length limit") || msg.contains("too large") {
+            ServeError::BodyTooLarge { limit }
+        } else {
+            ServeError::BadImage(format!("reading the body: {msg}"))
+        }
+    };
+    if essence == "multipart/form-data" {
+        let mut mp = axum::extract::Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ServeError::BadMultipart(e.body_text()))?;
+        while let Some(field) = mp
+            .next_field()
+            .await
+            .map_err(|e| ServeError::BadMultipart(e.body_text()))?
+        {
+            if field.name() == Some("image") {
+                return field.bytes().await.map_err(|e| {
+                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                        ServeError::BodyTooLarge { limit }
+                    } else {
+                        ServeError::BadMultipart(e.body_text())
+                    }
+                });
+            }
+        }
+        return Err(ServeError::BadMultipart("no field named 'image'".into()));
+    }
+    let accepted = essence.is_empty()
+        || essence.starts_with("image/")
+        || essence == "application/octet-stream"
+        || essence == "application/x-www-form-urlencoded"; // curl --data-binary's default
+    if !accepted {
+        return Err(ServeError::UnsupportedMediaType(essence));
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| too_large(&e))
+}
+
+pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
+    let arrival = Instant::now();
+    let svc = match st.ready_service() {
+        Ok(s) => s.clone(),
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let opts = options_from_headers(req.headers())?;
+        let params =
+            Query::<Params>::try_from_uri(req.uri()).map_err(|e| ServeError::BadParameter {
+                name: "query",
+                reason: e.body_text(),
+            })?;
+        let bytes = read_image(req, st.max_body_bytes).await?;
+        svc.classify(bytes, &opts, params.top_k.unwrap_or(5), arrival)
+            .await
+    }
+    .await;
+    match result {
+        Ok(c) => {
+            let met = c.timings.total_ms <= c.budget_ms;
+            svc.record(Some(&c.variant), 200, arrival, Some(met));
+            let mut resp = Json(&c).into_response();
+            let h = resp.headers_mut();
+            let mut put = |k: &'static str, v: String| {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            };
+            put("x-variant", c.variant.clone());
+            put("x-route", c.route.to_string());
+            put("x-batch-size", c.batch_size.to_string());
+            put("x-queue-ms", c.timings.queue_ms.to_string());
+            put("x-preprocess-ms", c.timings.preprocess_ms.to_string());
+            put("x-inference-ms", c.timings.inference_ms.to_string());
+            put("x-total-ms", c.timings.total_ms.to_string());
+            resp
+        }
+        Err(e) => {
+            svc.record(None, e.http_status(), arrival, None);
+            svc.metrics.errors.with_label_values(&[e.kind()]).inc();
+            e.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sla_header_parses_and_rejects_garbage() {
+        let o = options_from_headers(&headers(&[("x-sla-ms", " 150 ")])).unwrap();
+        assert_eq!(o.budget, Some(Duration::from_millis(150)));
+        for bad in ["", "abc", "-5", "0", "NaN", "inf", "1e99"] {
+            let e = options_from_headers(&headers(&[("x-sla-ms", bad)])).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ServeError::BadHeader {
+                        name: "x-sla-ms",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        let e = options_from_headers(&headers(&[("x-min-accuracy", "75")])).unwrap_err();
+        assert!(matches!(
+            e,
+            ServeError::BadHeader {
+                name: "x-min-accuracy",
+                ..
+            }
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("x-variant", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert!(options_from_headers(&h).is_err());
+    }
+}

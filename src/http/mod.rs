@@ -1,0 +1,79 @@
+//! HTTP transport (axum): thin handlers over `Service`.
+
+mod admin;
+mod classify;
+
+use crate::error::ServeError;
+use crate::metrics::Metrics;
+use crate::service::Service;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Shared by every handler. The service appears once models are loaded and
+/// warmed; until then the server is live but not ready.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<OnceLock<Arc<Service>>>,
+    pub metrics: Arc<Metrics>,
+    pub draining: Arc<AtomicBool>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(metrics: Arc<Metrics>, max_body_bytes: usize) -> AppState {
+        AppState {
+            service: Arc::new(OnceLock::new()),
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            max_body_bytes,
+        }
+    }
+
+    pub fn ready_service(&self) -> Result<&Arc<Service>, ServeError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ServeError::ShuttingDown);
+        }
+        self.service.get().ok_or(ServeError::NotReady)
+    }
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Json(serde_json::json!({ "error": self.to_string(), "kind": self.kind() }));
+        let mut resp = (status, body).into_response();
+        if let Some(after) = self.retry_after() {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        resp
+    }
+}
+
+async fn not_found() -> ServeError {
+    ServeError::BadParameter {
+        name: "path",
+        reason: "no such endpoint".into(),
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/classify", post(classify::classify))
+        .route("/v1/variants", get(admin::variants))
+        .route("/health/live", get(admin::live))
+        .route("/health/ready", get(admin::ready))
+        .route("/metrics", get(admin::metrics))
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ServeError::Internal("handler panicked".into()).into_response()
+        }))
+        .with_state(state)
+}

@@ -1,0 +1,242 @@
+//! Image decoding and preprocessing, identical to the models pipeline
+//! (`models/common.py`): RGB, shorter side to 256 with Pillow-style
+//! (antialiased, convolution) bilinear, centre crop, (x - mean) / std, NCHW.
+//!
+//! Everything here is CPU work: callers run it off the async runtime.
+
+use crate::error::ServeError;
+use crate::manifest::Preprocess;
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{ImageFormat, ImageReader, Limits};
+use std::io::Cursor;
+
+/// Limits applied to untrusted images before their pixels are decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest accepted width × height.
+    pub max_pixels: u64,
+    /// Largest accepted width or height.
+    pub max_side: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        }
+    }
+}
+
+/// A decoded RGB image, 8 bits per channel, HWC.
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// Decode an encoded image, checking its dimensions from the header before
+/// any pixel is decoded (decompression bombs) and bounding the decoder's
+/// allocations.
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb, ServeError> {
+    if bytes.is_empty() {
+        return Err(ServeError::EmptyBody);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ServeError::UnknownImageFormat)?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+    ) {
+        return Err(ServeError::UnknownImageFormat);
+    }
+    let reader = || ImageReader::with_format(Cursor::new(bytes), format);
+    let (width, height) = reader()
+        .into_dimensions()
+        .map_err(|e| ServeError::BadImage(e.to_string()))?;
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels || width > limits.max_side || height > limits.max_side {
+        return Err(ServeError::ImageTooLarge {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(ServeError::BadImage("image has no pixels".into()));
+    }
+    let mut r = reader();
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    // RGBA at 16 bits per channel is the largest buffer a decoder may need.
+    l.max_alloc = Some(limits.max_pixels * 8 + (64 << 20));
+    r.limits(l);
+    let img = r
+        .decode()
+        .map_err(|e| ServeError::BadImage(e.to_string()))?;
+    let rgb = img.into_rgb8();
+    Ok(Rgb {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
+}
+
+/// Size after resizing the shorter side to `shorter`, rounding the longer
+/// side half up, as the pipeline does.
+pub fn resized_size(w: u32, h: u32, shorter: u32) -> (u32, u32) {
+    let (w64, h64, s) = (w as u64, h as u64, shorter as u64);
+    if w <= h {
+        (shorter, ((h64 * s + w64 / 2) / w64).max(1) as u32)
+    } else {
+        (((w64 * s + h64 / 2) / h64).max(1) as u32, shorter)
+    }
+}
+
+/// Resize the shorter side and centre-crop: returns crop×crop×3 RGB bytes.
+pub fn resize_crop(img: &Rgb, spec: &Preprocess) -> Result<Vec<u8>, ServeError> {
+    let (nw, nh) = resized_size(img.width, img.height, spec.resize_shorter);
+    let src = Image::from_vec_u8(img.width, img.height, img.data.clone(), PixelType::U8x3)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let mut dst = Image::new(nw, nh, PixelType::U8x3);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let c = spec.crop as usize;
+    let (left, top) = (
+        ((nw - spec.crop) / 2) as usize,
+        ((nh - spec.crop) / 2) as usize,
+    );
+    let buf = dst.buffer();
+    let row = nw as usize * 3;
+    let mut out = Vec::with_capacity(c * c * 3);
+    for y in top..top + c {
+        out.extend_from_slice(&buf[y * row + left * 3..y * row + (left + c) * 3]);
+    }
+    Ok(out)
+}
+
+/// HWC RGB bytes to normalised NCHW floats, appended to `out`.
+pub fn normalize_into(crop: &[u8], spec: &Preprocess, out: &mut Vec<f32>) {
+    let plane = crop.len() / 3;
+    let start = out.len();
+    out.resize(start + crop.len(), 0.0);
+    let dst = &mut out[start..];
+    for (i, px) in crop.chunks_exact(3).enumerate() {
+        for ch in 0..3 {
+            dst[ch * plane + i] = (px[ch] as f32 - spec.mean[ch]) / spec.std[ch];
+        }
+    }
+}
+
+/// The whole path: encoded bytes to one normalised 1×3×crop×crop tensor.
+pub fn preprocess(
+    bytes: &[u8],
+    spec: &Preprocess,
+    limits: DecodeLimits,
+) -> Result<Vec<f32>, ServeError> {
+    let img = decode(bytes, limits)?;
+    let crop = resize_crop(&img, spec)?;
+    let mut out = Vec::with_capacity(crop.len());
+    normalize_into(&crop, spec, &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{bundled_models_dir, Manifest};
+
+    fn spec() -> Preprocess {
+        Manifest::load(&bundled_models_dir()).unwrap().preprocess
+    }
+
+    fn testdata(name: &str) -> Vec<u8> {
+        std::fs::read(bundled_models_dir().join("testdata").join(name)).unwrap()
+    }
+
+    #[test]
+    fn resized_size_rounds_like_the_pipeline() {
+        assert_eq!(resized_size(500, 375, 256), (341, 256));
+        assert_eq!(resized_size(375, 500, 256), (256, 341));
+        assert_eq!(resized_size(300, 300, 256), (256, 256));
+        assert_eq!(resized_size(451, 300, 256), (385, 256)); // 384.85 rounds up
+    }
+
+    #[test]
+    fn crop_matches_the_python_pipeline_byte_for_byte() {
+        let img = decode(&testdata("chelsea.png"), DecodeLimits::default()).unwrap();
+        let ours = resize_crop(&img, &spec()).unwrap();
+        let theirs = testdata("chelsea.crop224.rgb");
+        assert_eq!(ours.len(), theirs.len());
+        let max_diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        // Pillow and fast_image_resize share the convolution bilinear; allow
+        // rounding of a few pixels by one level, nothing more.
+        assert!(max_diff <= 1, "max difference {max_diff}");
+        assert!(differing * 100 < ours.len(), "{differing} bytes differ");
+    }
+
+    #[test]
+    fn normalize_is_nchw_with_mean_and_std() {
+        let s = spec();
+        let crop: Vec<u8> = (0..s.crop * s.crop).flat_map(|_| [127u8, 255, 0]).collect();
+        let mut out = Vec::new();
+        normalize_into(&crop, &s, &mut out);
+        let plane = (s.crop * s.crop) as usize;
+        assert_eq!(out.len(), 3 * plane);
+        assert_eq!(out[0], 0.0);
+        assert_eq!(out[plane], 1.0);
+        assert_eq!(out[2 * plane + 5], -127.0 / 128.0);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let png = testdata("chelsea.png");
+        let lim = DecodeLimits::default();
+        assert!(matches!(decode(&[], lim), Err(ServeError::EmptyBody)));
+        assert!(matches!(
+            decode(b"hello world, not an image", lim),
+            Err(ServeError::UnknownImageFormat)
+        ));
+        assert!(matches!(
+            decode(&png[..png.len() / 2], lim),
+            Err(ServeError::BadImage(_))
+        ));
+        assert!(matches!(
+            decode(&png[..20], lim),
+            Err(ServeError::BadImage(_))
+        ));
+        let small = DecodeLimits {
+            max_pixels: 10_000,
+            max_side: 16_384,
+        };
+        assert!(matches!(
+            decode(&png, small),
+            Err(ServeError::ImageTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused_before_decoding() {
+        // A 60000x60000 PNG header (a few hundred bytes, gigabytes decoded).
+        let bomb = crate::testutil::png_bomb(60_000, 60_000);
+        let err = decode(&bomb, DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, ServeError::ImageTooLarge { width: 60_000, .. }),
+            "{err}"
+        );
+    }
+}

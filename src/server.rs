@@ -1,0 +1,221 @@
+//! `slimserve serve`: load and warm the variants, start the batcher, serve
+//! HTTP, drain on SIGTERM/SIGINT within a timeout.
+
+use crate::batching::profile::LatencyModel;
+use crate::batching::state::{Policy, VariantMeta};
+use crate::batching::{Batcher, BatcherConfig};
+use crate::config::{default_workers, ServeArgs};
+use crate::engine::tract::TractEngine;
+use crate::engine::Engine;
+use crate::http::{self, AppState};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::preprocess::DecodeLimits;
+use crate::service::{Service, ServiceConfig};
+use anyhow::{Context, Result};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Run every plan `runs` times on `workers` threads at once (the load the
+/// server will put on them), dropping the first run, to seed the model.
+pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel {
+    let sizes: Vec<Vec<usize>> = (0..engine.num_variants())
+        .map(|v| engine.batch_sizes(v).to_vec())
+        .collect();
+    let mut model = LatencyModel::new(&sizes);
+    let image = 3 * 224 * 224;
+    for (v, vs) in sizes.iter().enumerate() {
+        for &b in vs {
+            let times: Vec<Duration> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers.max(1))
+                    .map(|_| {
+                        s.spawn(move || {
+                            (0..runs.max(1) + 1)
+                                .filter_map(|i| {
+                                    let t = Instant::now();
+                                    engine.infer(v, b, vec![0.1; image * b]).ok()?;
+                                    (i > 0).then(|| t.elapsed())
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            for t in times {
+                model.observe(v, b, t);
+            }
+        }
+    }
+    model
+}
+
+/// Load, warm and wire up everything behind the transports.
+pub fn build_service(
+    args: &ServeArgs,
+    manifest: &Manifest,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Service>> {
+    let t0 = Instant::now();
+    let (engine, specs) = TractEngine::load(manifest, &args.model.variants, &args.batch_sizes)?;
+    for r in &engine.reports {
+        metrics
+            .variant_resident
+            .with_label_values(&[&r.name])
+            .set(r.resident_bytes as i64);
+        tracing::info!(
+            variant = r.name,
+            load_ms = r.load_time.as_millis() as u64,
+            resident_mb = r.resident_bytes >> 20,
+            "loaded"
+        );
+    }
+    for s in &specs {
+        metrics
+            .variant_file
+            .with_label_values(&[&s.name])
+            .set(s.file_bytes as i64);
+    }
+    let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+    let profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
+    for (i, s) in specs.iter().enumerate() {
+        tracing::info!(variant = s.name, predicted_ms = profile.predict(i, 1).as_secs_f64() * 1e3, paying_batch_sizes = ?profile.paying_sizes(i), "warmed");
+    }
+    let variants = specs
+        .iter()
+        .map(|s| VariantMeta {
+            name: s.name.clone(),
+            top1: s.top1,
+        })
+        .collect();
+    let policy = Policy {
+        queue_capacity: args.queue_capacity.max(1),
+        max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
+        batching: !args.no_batching,
+    };
+    let batcher = Batcher::start(
+        engine,
+        variants,
+        profile,
+        BatcherConfig { workers, policy },
+        metrics.clone(),
+    );
+    let config = ServiceConfig {
+        decode: DecodeLimits {
+            max_pixels: args.max_pixels,
+            ..DecodeLimits::default()
+        },
+        default_budget: Duration::from_millis(args.default_sla_ms.max(1)),
+        max_budget: Duration::from_millis(args.max_sla_ms.max(1)),
+        max_top_k: args.max_top_k.max(1),
+        preprocess_slots: args.preprocess_slots.unwrap_or_else(default_workers),
+    };
+    tracing::info!(
+        ready_after_ms = t0.elapsed().as_millis() as u64,
+        workers,
+        "ready"
+    );
+    Ok(Arc::new(Service::new(
+        specs,
+        manifest.labels.clone(),
+        manifest.preprocess.clone(),
+        batcher,
+        metrics,
+        config,
+    )))
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain.
+pub async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let manifest = Manifest::load(&args.model.models)?;
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::new(metrics.clone(), args.max_body_bytes);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let draining = state.draining.clone();
+    let mut graceful = stop_rx.clone();
+    let server =
+        axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|s| *s).await;
+            draining.store(true, Ordering::SeqCst);
+        });
+    let mut server = tokio::spawn(async move { server.await });
+
+    let load_args = args.clone();
+    let loader = tokio::task::spawn_blocking(move || build_service(&load_args, &manifest, metrics));
+    let mut stop = stop_rx.clone();
+    tokio::select! {
+        loaded = loader => {
+            let svc = loaded.context("loading task")??;
+            let _ = state.service.set(svc);
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let limit = Duration::from_secs(args.shutdown_timeout_secs);
+    match tokio::time::timeout(limit, &mut server).await {
+        Ok(res) => res.context("server task")?.context("http server")?,
+        Err(_) => {
+            tracing::warn!("in-flight requests still running after {limit:?}: closing");
+            server.abort();
+        }
+    }
+    if let Some(svc) = state.service.get().cloned() {
+        tokio::task::spawn_blocking(move || svc.batcher.shutdown()).await?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `slimserve healthcheck`: exit code 0 when the server answers ready.
+pub fn healthcheck(addr: std::net::SocketAddr, timeout: Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(
+        status == "200",
+        "not ready: {}",
+        head.lines().next().unwrap_or("no answer")
+    );
+    Ok(())
+}

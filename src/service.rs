@@ -1,0 +1,256 @@
+//! The transport-independent request path: preprocess off the runtime,
+//! route and queue through the batcher, await the answer within the deadline.
+//! HTTP `/classify` and the inference protocols all call this.
+
+use crate::batching::{Batcher, Outcome};
+use crate::engine::top_k;
+use crate::error::ServeError;
+use crate::manifest::{Preprocess, VariantSpec};
+use crate::metrics::Metrics;
+use crate::preprocess::{self, DecodeLimits};
+use crate::routing::RouteRequest;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Limits and defaults of the request path.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub decode: DecodeLimits,
+    pub default_budget: Duration,
+    pub max_budget: Duration,
+    pub max_top_k: usize,
+    /// Images decoded and resized at once (off the async runtime).
+    pub preprocess_slots: usize,
+}
+
+pub struct Service {
+    pub specs: Vec<VariantSpec>,
+    pub labels: Arc<Vec<String>>,
+    pub preprocess: Preprocess,
+    pub batcher: Arc<Batcher>,
+    pub metrics: Arc<Metrics>,
+    pub config: ServiceConfig,
+    slots: Semaphore,
+}
+
+/// Options common to every transport.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    pub variant: Option<String>,
+    pub budget: Option<Duration>,
+    pub min_top1: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub queue_ms: f64,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub variant: String,
+    pub route: &'static str,
+    pub batch_size: usize,
+    pub budget_ms: f64,
+    pub predictions: Vec<Prediction>,
+    pub timings: Timings,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Service {
+    pub fn new(
+        specs: Vec<VariantSpec>,
+        labels: Vec<String>,
+        preprocess: Preprocess,
+        batcher: Arc<Batcher>,
+        metrics: Arc<Metrics>,
+        config: ServiceConfig,
+    ) -> Service {
+        let slots = Semaphore::new(config.preprocess_slots.max(1));
+        Service {
+            specs,
+            labels: Arc::new(labels),
+            preprocess,
+            batcher,
+            metrics,
+            config,
+            slots,
+        }
+    }
+
+    pub fn variant_index(&self, name: &str) -> Result<usize, ServeError> {
+        self.specs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ServeError::UnknownVariant {
+                name: name.to_string(),
+                valid: self.specs.iter().map(|s| s.name.clone()).collect(),
+            })
+    }
+
+    /// Check options and turn them into a route request and a budget.
+    pub fn resolve(&self, opts: &RequestOptions) -> Result<(RouteRequest, Duration), ServeError> {
+        let pinned = opts
+            .variant
+            .as_deref()
+            .map(|n| self.variant_index(n))
+            .transpose()?;
+        let budget = opts.budget.unwrap_or(self.config.default_budget);
+        if budget.is_zero() || budget > self.config.max_budget {
+            return Err(ServeError::BadHeader {
+                name: "x-sla-ms",
+                reason: format!(
+                    "budget must be in 1..={} ms",
+                    self.config.max_budget.as_millis()
+                ),
+            });
+        }
+        if let Some(m) = opts.min_top1 {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(ServeError::BadHeader {
+                    name: "x-min-accuracy",
+                    reason: "must be in 0..=1".into(),
+                });
+            }
+        }
+        Ok((
+            RouteRequest {
+                pinned,
+                min_top1: opts.min_top1,
+            },
+            budget,
+        ))
+    }
+
+    /// Decode and preprocess on the blocking pool, a bounded number at once.
+    pub async fn preprocess_image(
+        &self,
+        bytes: axum::body::Bytes,
+    ) -> Result<(Vec<f32>, Duration), ServeError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ServeError::ShuttingDown)?;
+        let spec = self.preprocess.clone();
+        let limits = self.config.decode;
+        let t0 = Instant::now();
+        let tensor =
+            tokio::task::spawn_blocking(move || preprocess::preprocess(&bytes, &spec, limits))
+                .await
+                .map_err(|e| ServeError::Internal(format!("preprocessing task failed: {e}")))??;
+        let took = t0.elapsed();
+        self.metrics.preprocess.observe(took.as_secs_f64());
+        self.batcher.record_preprocess(took);
+        Ok((tensor, took))
+    }
+
+    /// Route, queue and await one preprocessed tensor, answering 504 at the
+    /// deadline rather than late.
+    pub async fn infer(
+        &self,
+        tensor: Vec<f32>,
+        route: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, ServeError> {
+        let (_, rx) = self.batcher.submit(route, arrival, deadline, tensor)?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ServeError::ShuttingDown),
+            Err(_) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["deadline_expired_in_flight"])
+                    .inc();
+                Err(ServeError::DeadlineExpired {
+                    budget_ms: ms(deadline - arrival),
+                    waited_ms: ms(arrival.elapsed()),
+                })
+            }
+        }
+    }
+
+    /// The whole `/classify` path for one encoded image.
+    pub async fn classify(
+        &self,
+        bytes: axum::body::Bytes,
+        opts: &RequestOptions,
+        top: usize,
+        arrival: Instant,
+    ) -> Result<Classification, ServeError> {
+        let (route, budget) = self.resolve(opts)?;
+        if top == 0 || top > self.config.max_top_k {
+            return Err(ServeError::BadParameter {
+                name: "top_k",
+                reason: format!("must be in 1..={}", self.config.max_top_k),
+            });
+        }
+        let deadline = arrival + budget;
+        let (tensor, pre) = self.preprocess_image(bytes).await?;
+        let out = self.infer(tensor, &route, arrival, deadline).await?;
+        let total = arrival.elapsed();
+        let predictions = top_k(&out.logits, top)
+            .into_iter()
+            .map(|(index, score)| Prediction {
+                index,
+                label: self.labels.get(index).cloned().unwrap_or_default(),
+                score,
+            })
+            .collect();
+        Ok(Classification {
+            variant: self.specs[out.variant].name.clone(),
+            route: out.reason.as_str(),
+            batch_size: out.batch_size,
+            budget_ms: ms(budget),
+            predictions,
+            timings: Timings {
+                queue_ms: ms(out.queue),
+                preprocess_ms: ms(pre),
+                inference_ms: ms(out.inference),
+                total_ms: ms(total),
+            },
+        })
+    }
+
+    /// Record an answered request in the metrics (variant "none" when the
+    /// request was refused before a variant was chosen).
+    pub fn record(
+        &self,
+        variant: Option<&str>,
+        status: u16,
+        arrival: Instant,
+        deadline_met: Option<bool>,
+    ) {
+        let name = variant.unwrap_or("none");
+        self.metrics
+            .requests
+            .with_label_values(&[name, &status.to_string()])
+            .inc();
+        if let (Some(v), Some(met)) = (variant, deadline_met) {
+            self.metrics
+                .request_duration
+                .with_label_values(&[v])
+                .observe(arrival.elapsed().as_secs_f64());
+            self.metrics
+                .sla
+                .with_label_values(&[v, if met { "met" } else { "missed" }])
+                .inc();
+        }
+    }
+}
