@@ -29,6 +29,7 @@ impl Default for DecodeLimits {
 }
 
 /// A decoded RGB image, 8 bits per channel, HWC.
+#[derive(Debug)]
 pub struct Rgb {
     pub width: u32,
     pub height: u32,

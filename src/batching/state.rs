@@ -93,6 +93,7 @@ impl ShedReason {
     }
 }
 
+#[derive(Debug)]
 pub struct Admitted {
     pub variant: usize,
     pub reason: RouteReason,

@@ -1,0 +1,73 @@
+//! Start the real server on an ephemeral port with the bundled models.
+
+use slimserve::config::{ModelArgs, ServeArgs};
+use slimserve::manifest::bundled_models_dir;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+pub fn args(variants: &[&str]) -> ServeArgs {
+    ServeArgs {
+        model: ModelArgs {
+            models: bundled_models_dir(),
+            variants: variants.iter().map(|s| s.to_string()).collect(),
+        },
+        batch_sizes: vec![1],
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        workers: Some(2),
+        queue_capacity: 64,
+        max_batch_wait_ms: 5,
+        no_batching: false,
+        default_sla_ms: 20_000,
+        max_sla_ms: 60_000,
+        max_body_bytes: 4 << 20,
+        max_pixels: 40_000_000,
+        max_top_k: 100,
+        preprocess_slots: Some(2),
+        warmup_runs: 2,
+        shutdown_timeout_secs: 10,
+    }
+}
+
+pub async fn start(args: ServeArgs) -> Server {
+    let listener = tokio::net::TcpListener::bind(args.http_addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(slimserve::server::serve(args, listener, async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client
+            .get(format!("http://{addr}/health/ready"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return Server {
+                    addr,
+                    stop: Some(tx),
+                    task,
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server did not become ready");
+}
+
+pub fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(bundled_models_dir().join("testdata").join(name)).unwrap()
+}

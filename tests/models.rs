@@ -1,0 +1,95 @@
+//! Every variant of the manifest, run by tract on the committed photos with
+//! the server's preprocessing, against the logits onnxruntime computed in
+//! the models pipeline (models/testdata/reference.json). Catches engine and
+//! preprocessing drift. Needs neither ../shared nor Python.
+
+use slimserve::engine::tract::TractEngine;
+use slimserve::engine::{top_k, Engine};
+use slimserve::manifest::{bundled_models_dir, Manifest};
+use slimserve::preprocess::{preprocess, DecodeLimits};
+
+#[test]
+fn every_variant_matches_the_onnxruntime_reference() {
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let dir = bundled_models_dir().join("testdata");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let (engine, specs) = TractEngine::load(&manifest, &[], &[1]).unwrap();
+    let images = reference["images"].as_array().unwrap();
+    assert!(images.len() >= 3);
+    for (v, spec) in specs.iter().enumerate() {
+        let r = &reference["variants"][&spec.name];
+        assert_eq!(
+            r["sha256"].as_str(),
+            Some(spec.sha256.as_str()),
+            "{}: reference made from another file",
+            spec.name
+        );
+        for img in images {
+            let file = img["file"].as_str().unwrap();
+            let jpeg = img["jpeg"].as_bool().unwrap();
+            let expected: Vec<f32> = r["images"][file]["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let x = preprocess(&bytes, &manifest.preprocess, DecodeLimits::default()).unwrap();
+            let got = engine.infer(v, 1, x).unwrap();
+            assert_eq!(got.len(), expected.len());
+            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = got
+                .iter()
+                .zip(&expected)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let rel = diff / scale;
+            // PNGs decode identically in Pillow and here: tight. JPEG decoders
+            // differ (IDCT, chroma upsampling): the class must still agree.
+            let tol = if jpeg { 5e-2 } else { 2e-3 };
+            println!(
+                "{:<8} {:<12} max |diff| {diff:.2e}, relative {rel:.2e}",
+                spec.name, file
+            );
+            assert!(
+                rel <= tol,
+                "{} on {file}: relative logit difference {rel:.2e} > {tol:.0e}",
+                spec.name
+            );
+            let top1 = r["images"][file]["top5"][0].as_u64().unwrap() as usize;
+            assert_eq!(
+                top_k(&got, 1)[0].0,
+                top1,
+                "{} on {file}: top-1 differs",
+                spec.name
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_plans_agree_with_the_batch_one_plan() {
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let name = manifest.variants[0].name.clone();
+    let (engine, _) = TractEngine::load(&manifest, std::slice::from_ref(&name), &[1, 2]).unwrap();
+    let dir = bundled_models_dir().join("testdata");
+    let a = preprocess(
+        &std::fs::read(dir.join("chelsea.png")).unwrap(),
+        &manifest.preprocess,
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let b = preprocess(
+        &std::fs::read(dir.join("coffee.png")).unwrap(),
+        &manifest.preprocess,
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let one_a = engine.infer(0, 1, a.clone()).unwrap();
+    let one_b = engine.infer(0, 1, b.clone()).unwrap();
+    let both = engine.infer(0, 2, [a, b].concat()).unwrap();
+    let n = one_a.len();
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(diff(&both[..n], &one_a) < 1e-3);
+    assert!(diff(&both[n..], &one_b) < 1e-3);
+}
