@@ -1,0 +1,142 @@
+"""Build every model variant, the manifest and the test reference data.
+
+    python models/build.py                 # full pipeline (≈ 15–30 minutes on 2 CPU cores)
+    python models/build.py --stages fp32,report
+
+Stages: fp32 (export), pruned, int8, report (labels.txt, variants.toml, testdata/).
+Images are read from ../shared/imagenet-sample (override with IMAGENET_SAMPLE=...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
+import net  # noqa: E402
+import report  # noqa: E402
+
+FULL = "efficientnet_lite0_fp32.onnx"
+PRUNED_FP32 = "efficientnet_lite0_pruned_fp32.onnx"  # kept in .cache/ (size budget)
+PRUNED = "efficientnet_lite0_pruned_int8_weights.onnx"
+INT8 = "efficientnet_lite0_int8_qdq.onnx"
+INT8W = "efficientnet_lite0_int8_weights.onnx"
+CACHE = common.MODELS_DIR / ".cache"
+
+# int8 static QDQ recipe (see README.md for the alternatives that were measured)
+INT8_CALIBRATION = "Entropy"
+
+VARIANTS = [
+    dict(name="full", file=FULL, description="fp32 EfficientNet-Lite0, as trained (BatchNorm folded)"),
+    dict(name="int8w", file=INT8W,
+         description="int8 weights (per-channel, DequantizeLinear) feeding float convs; float activations"),
+    dict(name="int8", file=INT8, qdq=True,
+         description="static int8 QDQ (per-channel weights, Entropy calibration on calib/, stem conv and FC kept float)"),
+    dict(name="pruned", file=PRUNED,
+         description="31% fewer MACs: inner MBConv channels pruned (OBS selection + refit), int8 weights, float activations"),
+]
+for v in VARIANTS:
+    v.setdefault("input", "input")
+    v.setdefault("output", "logits")
+    v.setdefault("input_shape", [-1, 3, 224, 224])
+
+STAGES = ["fp32", "pruned", "int8", "report"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stage_fp32() -> None:
+    model = net.fold(net.load_pretrained())
+    out = common.MODELS_DIR / FULL
+    net.export_onnx(model, out)
+    net.fuse_pads(out)
+    log(f"exported {out.name} ({out.stat().st_size} bytes)")
+
+
+# pruning recipe: remove inner MBConv channels worth this fraction of the full model's MACs,
+# allocated over the blocks by `prune.allocate`, chosen and refitted by greedy OBS (see README.md)
+PRUNE_MACS_REMOVED = 0.31
+PRUNE_ALLOC_NORM = "stream"
+PRUNE_KW = dict(select="obs", target="global", ridge=1e-3, n_rows=60000)
+
+
+def stage_pruned() -> None:
+    import prune
+
+    calib, _, _ = common.load_split("calib")
+    xs = torch.from_numpy(calib)
+    xs = torch.cat([xs, xs.flip(3)])  # calib images + their mirror images
+    full = net.fold(net.load_pretrained())
+    keeps = prune.allocate(full, xs, PRUNE_MACS_REMOVED, norm=PRUNE_ALLOC_NORM, seed=common.SEED)
+    log(f"inner channels kept per block: {keeps}")
+    pruned = prune.prune(full, xs, None, keeps=keeps, seed=common.SEED, **PRUNE_KW)
+    CACHE.mkdir(exist_ok=True)
+    out = CACHE / PRUNED_FP32
+    net.export_onnx(pruned, out)
+    net.fuse_pads(out)
+    log(f"pruned -> .cache/{PRUNED_FP32} ({out.stat().st_size} bytes)")
+    pruned_weights_int8()
+
+
+def pruned_weights_int8() -> None:
+    """The committed pruned variant stores its weights as int8 (the ONNX files must stay < 40 MB)."""
+    import quantize
+
+    quantize.weight_only(CACHE / PRUNED_FP32, common.MODELS_DIR / PRUNED)
+    quantize.check_symbolic_batch(common.MODELS_DIR / PRUNED)
+    log(f"weight-only int8 of the pruned model -> {PRUNED}")
+
+
+def stage_int8() -> None:
+    import quantize
+
+    CACHE.mkdir(exist_ok=True)
+    calib, _, _ = common.load_split("calib")
+    pre = quantize.pre_process(common.MODELS_DIR / FULL, CACHE / "full_preprocessed.onnx")
+    exclude = quantize.first_and_last(pre)
+    quantize.static_qdq(pre, common.MODELS_DIR / INT8, calib, INT8_CALIBRATION, exclude)
+    log(f"static QDQ ({INT8_CALIBRATION}, {len(calib)} calib images, float: {exclude}) -> {INT8}")
+    quantize.weight_only(common.MODELS_DIR / FULL, common.MODELS_DIR / INT8W)
+    log(f"weight-only int8 -> {INT8W}")
+    for f in (INT8, INT8W):
+        quantize.check_symbolic_batch(common.MODELS_DIR / f)
+
+
+def stage_report() -> None:
+    report.write_labels()
+    dev = common.load_split("dev")
+    measured = []
+    for v in VARIANTS:
+        m = report.measure(v, dev)
+        log(f"{m['name']}: top1={m['top1']:.3f} top5={m['top5']:.3f} macs={m['macs']} params={m['params']}")
+        measured.append(m)
+    report.write_manifest(measured)
+    report.write_reference(measured)
+    (common.MODELS_DIR / ".cache").mkdir(exist_ok=True)
+    (common.MODELS_DIR / ".cache" / "measured.json").write_text(json.dumps(measured, indent=1))
+    print(report.markdown_table(measured))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    common.seed_everything()
+    for stage in args.stages.split(","):
+        log(f"stage {stage}")
+        common.seed_everything()
+        globals()[f"stage_{stage}"]()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Structured pruning of the inner (expanded) channels of EfficientNet-Lite0's MBConv blocks.
+
+For every block with an expansion conv, sequentially from input to output:
+  1. score each inner channel c by  var(a_c) * ||W_proj[:, c]||^2  on calibration images, where
+     a_c is the channel's activation after the depthwise conv + ReLU6 (inputs from the
+     already-pruned network);
+  2. drop the lowest-scoring channels (expand conv rows, depthwise filters, projection columns);
+  3. fold the dropped channels' mean activation into the projection bias and refit the projection
+     (weights + bias) by ridge-regularised least squares so that the block output matches the
+     full model's block output (this also corrects the error accumulated upstream).
+Optionally followed by a short logit distillation from the full model on augmented calib images.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from net import Block, LiteNet, PConv
+
+
+def _round8(n: int) -> int:
+    return max(8, int(round(n / 8.0)) * 8)
+
+
+def _run_chunks(fn, x, chunk=50):
+    return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def _sample_rows(t: torch.Tensor, n_rows: int, gen: torch.Generator) -> torch.Tensor:
+    """N x C x H x W -> (rows, C): all positions, randomly subsampled to n_rows."""
+    flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    if flat.shape[0] <= n_rows:
+        return flat
+    idx = torch.randperm(flat.shape[0], generator=gen)[:n_rows]
+    return flat[idx]
+
+
+def _slice_conv(conv: PConv, out_idx=None, in_idx=None, depthwise=False) -> PConv:
+    new = copy.deepcopy(conv)
+    w, b = conv.weight.data, conv.bias.data
+    if out_idx is not None:
+        w, b = w[out_idx], b[out_idx]
+    if in_idx is not None and not depthwise:
+        w = w[:, in_idx]
+    new.weight = torch.nn.Parameter(w.clone())
+    new.bias = torch.nn.Parameter(b.clone())
+    if depthwise:
+        new.groups = w.shape[0]
+    return new
+
+
+def block_keep_counts(model: LiteNet, ratio) -> list[int | None]:
+    """Number of inner channels kept per block (None: block without expansion, untouched)."""
+    ratios = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(model.blocks)
+    out = []
+    for blk, r in zip(model.blocks, ratios):
+        if blk.expand is None or r <= 0:
+            out.append(None)
+        else:
+            c = blk.dw.weight.shape[0]
+            out.append(min(c, _round8(c * (1.0 - r))))
+    return out
+
+
+@torch.no_grad()
+def obs_select(A: torch.Tensor, T: torch.Tensor, W0: torch.Tensor, keep: int, ridge: float):
+    """Greedy Optimal-Brain-Surgeon channel removal for a linear layer  T ~ [A 1] W.
+
+    A: rows x C activations, T: rows x Cout targets, W0: (C+1) x Cout prior (last row = bias).
+    Starts from the ridge LS solution on all channels, then removes one input channel at a time,
+    always the one whose removal (with optimal refit of all the others and the bias) increases the
+    squared error least: ||W_j||^2 / [H^-1]_jj, with rank-1 updates of W and H^-1.
+    Returns (kept channel indices, (keep+1) x Cout refitted weights).
+    """
+    Ab = torch.cat([A, torch.ones(A.shape[0], 1, dtype=A.dtype)], 1).double()
+    H = Ab.t() @ Ab
+    lam = ridge * torch.trace(H) / H.shape[0]
+    H += lam * torch.eye(H.shape[0], dtype=H.dtype)
+    W = torch.linalg.solve(H, Ab.t() @ T.double() + lam * W0.double())
+    Hinv = torch.linalg.inv(H)
+    C = A.shape[1]
+    alive = torch.ones(C + 1, dtype=torch.bool)
+    costs = []
+    for _ in range(C - keep):
+        d = torch.diagonal(Hinv)
+        cost = W.pow(2).sum(1) / d
+        cost[~alive] = float("inf")
+        cost[C] = float("inf")  # never remove the bias
+        j = int(torch.argmin(cost))
+        costs.append(float(cost[j]))
+        W -= torch.outer(Hinv[:, j], W[j]) / Hinv[j, j]
+        Hinv -= torch.outer(Hinv[:, j], Hinv[j]) / Hinv[j, j]
+        W[j] = 0
+        Hinv[j, :] = 0
+        Hinv[:, j] = 0
+        Hinv[j, j] = 1.0  # keeps the removed index inert (cost is inf anyway)
+        alive[j] = False
+    keep_idx = torch.nonzero(alive[:C]).flatten()
+    obs_select.last_costs = costs
+    return keep_idx, torch.cat([W[keep_idx], W[C:]], 0).float()
+
+
+def _inner_channel_macs(model: LiteNet) -> list[int | None]:
+    """MACs (batch 1, 224x224) that one inner channel of each block costs."""
+    out = []
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        x = model.stem(x)
+        for blk in model.blocks:
+            a = blk.inner(x)
+            if blk.expand is None:
+                out.append(None)
+            else:
+                k = blk.dw.weight.shape[-1]
+                hw_in, hw = x.shape[2] * x.shape[3], a.shape[2] * a.shape[3]
+                out.append(hw_in * x.shape[1] + hw * (k * k + blk.project.weight.shape[0]))
+            x = blk(x)
+    return out
+
+
+@torch.no_grad()
+def allocate(model: LiteNet, xs: torch.Tensor, macs_fraction_removed: float, max_ratio: float = 0.75,
+             n_rows: int = 30000, ridge: float = 1e-3, seed: int = 0, norm: str = "stream") -> list[int | None]:
+    """Per-block number of inner channels to keep so that the pruned blocks save
+    `macs_fraction_removed` of the full model's MACs, spending removals where they hurt least.
+
+    For every block (on the unpruned network) the greedy OBS path gives the error added by each
+    successive channel removal; normalised by the energy of the block's output (residual stream)
+    and divided by the MACs one channel costs, the cheapest removals over all blocks are taken.
+    norm: "stream" normalises by the energy of the block output incl. the skip path, "block" by the
+    energy of the projection output alone.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    per_ch = _inner_channel_macs(model)
+    x = torch.zeros(1, 3, 224, 224)
+    hooks_macs = [0]
+
+    def hook(mod, inp, o):
+        hooks_macs[0] += mod.weight[0].numel() * o.shape[1] * o.shape[2] * o.shape[3]
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PConv)]
+    model(x)
+    for h in hs:
+        h.remove()
+    total = hooks_macs[0] + model.fc.weight.numel()
+    items = []  # (normalised cost per MAC, block, k-th removal)
+    x = _run_chunks(model.stem, xs)
+    for bi, blk in enumerate(model.blocks):
+        x_next = _run_chunks(blk, x)
+        if per_ch[bi] is not None:
+            a = _run_chunks(blk.inner, x)
+            tgt = _run_chunks(blk.project, a)
+            gen_state = gen.get_state()
+            A = _sample_rows(a, n_rows, gen)
+            gen.set_state(gen_state)
+            T = _sample_rows(tgt, n_rows, gen)
+            gen.set_state(gen_state)
+            ref = x_next if norm == "stream" else tgt  # residual stream, or the block's own output
+            energy = float(_sample_rows(ref, n_rows, gen).double().pow(2).sum())
+            del a, tgt
+            C = A.shape[1]
+            wp = blk.project.weight.data[:, :, 0, 0]
+            W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
+            obs_select(A, T, W0, int(C * (1 - max_ratio)), ridge)
+            running = 0.0
+            for k, c in enumerate(obs_select.last_costs):
+                running = max(running, c)  # monotone within a block
+                items.append((running / energy / per_ch[bi], bi, k))
+        x = x_next
+    items.sort()
+    if isinstance(macs_fraction_removed, (list, tuple)):
+        return [_take(model, items, per_ch, f * total) for f in macs_fraction_removed]
+    return _take(model, items, per_ch, macs_fraction_removed * total)
+
+
+def _take(model, items, per_ch, macs_to_save):
+    removed = [0] * len(model.blocks)
+    saved = 0
+    for _, bi, k in items:
+        if saved >= macs_to_save:
+            break
+        if k == removed[bi]:
+            removed[bi] += 1
+            saved += per_ch[bi]
+    keeps = []
+    for bi, blk in enumerate(model.blocks):
+        if per_ch[bi] is None:
+            keeps.append(None)
+        else:
+            C = blk.dw.weight.shape[0]
+            keeps.append(min(C, max(8, int(math.ceil((C - removed[bi]) / 8.0)) * 8)))
+    return keeps
+
+
+@torch.no_grad()
+def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: float = 1e-3,
+          seed: int = 0, target: str = "global", refit: bool = True, select: str = "obs",
+          keeps: list[int | None] | None = None) -> LiteNet:
+    """Returns a pruned copy of `model`. xs: calibration inputs (N x 3 x 224 x 224).
+
+    ratio: fraction of inner channels removed (one float, or one per block); or explicit `keeps`
+    (inner channels kept per block, None for untouched blocks) e.g. from `allocate`.
+    select: "obs" (greedy Optimal Brain Surgeon, with refit) or "score" (var x column norm, then
+    mean folding + ridge LS refit). target: "global" (match the full model's block output, which
+    also corrects upstream error) or "local" (match the unpruned projection of the same inputs).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = model.eval()
+    pruned = copy.deepcopy(model)
+    keeps = keeps or block_keep_counts(model, ratio)
+    x_full = _run_chunks(model.stem, xs)
+    x_pr = x_full.clone()
+    for bi, (blk, keep) in enumerate(zip(model.blocks, keeps)):
+        x_full_next = _run_chunks(blk, x_full)
+        if keep is None:
+            x_pr = _run_chunks(pruned.blocks[bi], x_pr)
+            x_full = x_full_next
+            continue
+        a = _run_chunks(blk.inner, x_pr)  # inner activations of the pruned net, all channels
+        wp = blk.project.weight.data[:, :, 0, 0]  # Cout x Cin
+        if select == "obs":
+            if target == "global":
+                tgt = x_full_next - x_pr if blk.skip else x_full_next
+            else:
+                tgt = _run_chunks(blk.project, a)
+            gen_state = gen.get_state()
+            A = _sample_rows(a, n_rows, gen)
+            gen.set_state(gen_state)
+            T = _sample_rows(tgt, n_rows, gen)
+            del tgt, a
+            W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
+            keep_idx, W = obs_select(A, T, W0, keep, ridge)
+            W = W.t()
+            new_blk = pruned.blocks[bi]
+            new_blk.expand = _slice_conv(blk.expand, out_idx=keep_idx)
+            new_blk.dw = _slice_conv(blk.dw, out_idx=keep_idx, depthwise=True)
+            proj = _slice_conv(blk.project, in_idx=keep_idx)
+            proj.weight = torch.nn.Parameter(W[:, :-1, None, None].contiguous())
+            proj.bias = torch.nn.Parameter(W[:, -1].contiguous())
+            new_blk.project = proj
+            x_pr = _run_chunks(new_blk, x_pr)
+            x_full = x_full_next
+            continue
+        var = a.var(dim=(0, 2, 3))
+        score = var * wp.pow(2).sum(0)
+        keep_idx = torch.sort(torch.argsort(score, descending=True)[:keep]).values
+        drop_idx = torch.tensor(sorted(set(range(a.shape[1])) - set(keep_idx.tolist())), dtype=torch.long)
+        # target for the projection output: what the full block outputs, minus our own skip input
+        if target == "global":
+            tgt = x_full_next - x_pr if blk.skip else x_full_next
+        else:  # local: the unpruned projection applied to this block's own (pruned-net) activations
+            tgt = _run_chunks(blk.project, a)
+        gen_state = gen.get_state()
+        A = _sample_rows(a[:, keep_idx], n_rows, gen)
+        gen.set_state(gen_state)
+        T = _sample_rows(tgt, n_rows, gen)
+        del tgt
+        A_drop_mean = a[:, drop_idx].mean(dim=(0, 2, 3))
+        del a
+        # initial guess: kept columns, bias absorbing the dropped channels' mean contribution
+        w0 = wp[:, keep_idx]
+        b0 = blk.project.bias.data + wp[:, drop_idx] @ A_drop_mean
+        # ridge LS towards the initial guess:  min ||[A 1] W - T||^2 + lam ||W - W0||^2
+        Ab = torch.cat([A, torch.ones(A.shape[0], 1)], 1).double()
+        W0 = torch.cat([w0, b0[:, None]], 1).t().double()  # (Cin+1) x Cout
+        G = Ab.t() @ Ab
+        lam = ridge * torch.trace(G) / G.shape[0]
+        G += lam * torch.eye(G.shape[0], dtype=G.dtype)
+        if refit:
+            W = torch.linalg.solve(G, Ab.t() @ T.double() + lam * W0).t().float()
+        else:
+            W = W0.t().float()
+        new_blk = pruned.blocks[bi]
+        new_blk.expand = _slice_conv(blk.expand, out_idx=keep_idx)
+        new_blk.dw = _slice_conv(blk.dw, out_idx=keep_idx, depthwise=True)
+        proj = _slice_conv(blk.project, in_idx=keep_idx)
+        proj.weight = torch.nn.Parameter(W[:, :-1, None, None].contiguous())
+        proj.bias = torch.nn.Parameter(W[:, -1].contiguous())
+        new_blk.project = proj
+        x_pr = _run_chunks(new_blk, x_pr)
+        x_full = x_full_next
+    return pruned.eval()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flip + random resized crop (scale 0.35..1) back to 224, on normalised tensors."""
+    n = x.shape[0]
+    out = torch.empty_like(x)
+    for i in range(n):
+        img = x[i : i + 1]
+        if torch.rand(1, generator=gen).item() < 0.5:
+            img = img.flip(3)
+        s = math.sqrt(0.35 + 0.65 * torch.rand(1, generator=gen).item())
+        ar = math.exp((torch.rand(1, generator=gen).item() - 0.5) * 0.5)
+        h = min(224, int(224 * s / math.sqrt(ar)))
+        w = min(224, int(224 * s * math.sqrt(ar)))
+        top = int(torch.randint(0, 224 - h + 1, (1,), generator=gen))
+        left = int(torch.randint(0, 224 - w + 1, (1,), generator=gen))
+        crop = img[:, :, top : top + h, left : left + w]
+        out[i : i + 1] = F.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False)
+    return out
+
+
+def distill(student: LiteNet, teacher: LiteNet, xs: torch.Tensor, epochs: int = 6, batch: int = 25,
+            lr: float = 2e-5, temperature: float = 2.0, seed: int = 0, log=print) -> LiteNet:
+    """Logit distillation (KL at temperature T + MSE on logits) on augmented calibration images."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher.eval()
+    student = copy.deepcopy(student).train()
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(xs) / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for ep in range(epochs):
+        perm = torch.randperm(len(xs), generator=gen)
+        total = 0.0
+        for i in range(0, len(xs), batch):
+            xb = augment(xs[perm[i : i + batch]], gen)
+            with torch.no_grad():
+                tl = teacher(xb)
+            sl = student(xb)
+            t = temperature
+            loss = F.kl_div(F.log_softmax(sl / t, 1), F.log_softmax(tl / t, 1), log_target=True,
+                            reduction="batchmean") * t * t
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(xb)
+        log(f"  distill epoch {ep + 1}/{epochs}: loss {total / len(xs):.4f}")
+    return student.eval()
