@@ -6,7 +6,17 @@
 use slimserve::engine::tract::TractEngine;
 use slimserve::engine::{top_k, Engine};
 use slimserve::manifest::{bundled_models_dir, Manifest};
-use slimserve::preprocess::{preprocess, DecodeLimits};
+use slimserve::preprocess::{normalize_into, preprocess, DecodeLimits};
+
+/// max |a - b| over max |b|.
+fn relative_diff(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
 
 #[test]
 fn every_variant_matches_the_onnxruntime_reference() {
@@ -16,6 +26,8 @@ fn every_variant_matches_the_onnxruntime_reference() {
         serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
     let (engine, specs) = TractEngine::load(&manifest, &[], &[1]).unwrap();
     let images = reference["images"].as_array().unwrap();
+    let crop_of = reference["crop_file"]["image"].as_str().unwrap();
+    let crop = std::fs::read(dir.join(reference["crop_file"]["file"].as_str().unwrap())).unwrap();
     assert!(images.len() >= 3);
     for (v, spec) in specs.iter().enumerate() {
         let r = &reference["variants"][&spec.name];
@@ -25,6 +37,7 @@ fn every_variant_matches_the_onnxruntime_reference() {
             "{}: reference made from another file",
             spec.name
         );
+        let quantized_activations = r["ort_graph_optimization_level"] == "ORT_DISABLE_ALL";
         for img in images {
             let file = img["file"].as_str().unwrap();
             let jpeg = img["jpeg"].as_bool().unwrap();
@@ -37,18 +50,19 @@ fn every_variant_matches_the_onnxruntime_reference() {
             let bytes = std::fs::read(dir.join(file)).unwrap();
             let x = preprocess(&bytes, &manifest.preprocess, DecodeLimits::default()).unwrap();
             let got = engine.infer(v, 1, x).unwrap();
-            assert_eq!(got.len(), expected.len());
-            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let diff = got
-                .iter()
-                .zip(&expected)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let rel = diff / scale;
-            // PNGs decode identically in Pillow and here: tight. JPEG decoders
-            // differ (IDCT, chroma upsampling): the class must still agree.
-            let tol = if jpeg { 5e-2 } else { 2e-3 };
+            // Our resize rounds about a fifth of the bytes one level away from
+            // Pillow's (see preprocess.rs), and JPEG decoders differ more:
+            // the whole path is held to a looser bound than the engine alone.
+            let rel = relative_diff(&got, &expected);
+            let tol = if jpeg {
+                5e-2
+            } else if quantized_activations {
+                4e-2
+            } else {
+                2e-2
+            };
             println!(
-                "{:<8} {:<12} max |diff| {diff:.2e}, relative {rel:.2e}",
+                "{:<8} {:<12} whole path: relative logit difference {rel:.2e}",
                 spec.name, file
             );
             assert!(
@@ -56,6 +70,26 @@ fn every_variant_matches_the_onnxruntime_reference() {
                 "{} on {file}: relative logit difference {rel:.2e} > {tol:.0e}",
                 spec.name
             );
+            if file == crop_of {
+                // The engine alone, on the pipeline's own crop: tight.
+                let mut x = Vec::new();
+                normalize_into(&crop, &manifest.preprocess, &mut x);
+                let rel = relative_diff(&engine.infer(v, 1, x).unwrap(), &expected);
+                println!(
+                    "{:<8} {:<12} engine on the pipeline's crop: relative {rel:.2e}",
+                    spec.name, file
+                );
+                // Float activations: tract and onnxruntime agree to ~1e-6.
+                // Quantized activations (static QDQ): a value on a rounding
+                // tie lands one step apart and the step propagates (measured
+                // 1.4e-2 with tract 0.23.9 vs onnxruntime 1.23.2).
+                let tol = if quantized_activations { 3e-2 } else { 1e-3 };
+                assert!(
+                    rel <= tol,
+                    "{} on {file}: engine drift {rel:.2e} > {tol:.0e}",
+                    spec.name
+                );
+            }
             let top1 = r["images"][file]["top5"][0].as_u64().unwrap() as usize;
             assert_eq!(
                 top_k(&got, 1)[0].0,
