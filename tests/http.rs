@@ -99,7 +99,16 @@ async fn classifies_photos_with_every_variant_and_survives_bad_input() {
     // Bad input: a clear 4xx JSON error each.
     let png = photo("chelsea.png");
     let bomb = slimserve::testutil::png_bomb(60_000, 60_000);
-    let cases: Vec<(&str, Vec<u8>, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (what, body, content type, headers, status, error kind)
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         ("empty body", vec![], "image/png", vec![], 400, "empty_body"),
         (
             "truncated png",

@@ -51,7 +51,7 @@ impl Engine for FakeEngine {
 
     fn infer(&self, v: usize, batch: usize, input: Vec<f32>) -> Result<Vec<f32>> {
         let fv = &self.variants[v];
-        if !fv.sizes.contains(&batch) || input.is_empty() || input.len() % batch != 0 {
+        if !fv.sizes.contains(&batch) || input.is_empty() || !input.len().is_multiple_of(batch) {
             bail!("fake engine: bad batch {batch} for {} floats", input.len());
         }
         self.calls.lock().unwrap().push((v, batch));

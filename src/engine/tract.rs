@@ -74,7 +74,7 @@ fn build_plan(
     nhwc.transform(&mut model)?;
     model.declutter()?;
     codegen_for_batch(batch).optimize(&mut model)?;
-    Ok(model.into_runnable()?)
+    model.into_runnable()
 }
 
 /// sha256 of a file, hex.
