@@ -26,6 +26,10 @@ pub enum ServeError {
     BadMultipart(String),
     #[error("unknown variant '{name}'; valid variants: {}", valid.join(", "))]
     UnknownVariant { name: String, valid: Vec<String> },
+    #[error("unknown model '{name}'")]
+    UnknownModel { name: String },
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
     #[error("bad header {name}: {reason}")]
     BadHeader { name: &'static str, reason: String },
     #[error("bad parameter {name}: {reason}")]
@@ -60,6 +64,7 @@ pub enum GrpcCode {
     FailedPrecondition = 9,
     ResourceExhausted = 8,
     Internal = 13,
+    Unimplemented = 12,
     Unavailable = 14,
 }
 
@@ -80,6 +85,8 @@ impl ServeError {
             ImageTooLarge { .. } => (413, InvalidArgument, "image_too_large"),
             BadMultipart(_) => (400, InvalidArgument, "bad_multipart"),
             UnknownVariant { .. } => (400, NotFound, "unknown_variant"),
+            UnknownModel { .. } => (404, NotFound, "unknown_model"),
+            NoSuchEndpoint => (404, GrpcCode::Unimplemented, "no_such_endpoint"),
             BadHeader { .. } => (400, InvalidArgument, "bad_header"),
             BadParameter { .. } => (400, InvalidArgument, "bad_parameter"),
             NoVariantAccurateEnough { .. } => {

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod http;
+pub mod kserve;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;

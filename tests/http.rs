@@ -231,7 +231,7 @@ async fn classifies_photos_with_every_variant_and_survives_bad_input() {
     .await;
     assert_eq!(s, 400);
     let r = c.get(server.url("/nope")).send().await.unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 404);
 
     // Still serving after all that.
     let (s, v) = classify(&c, &url, png, "image/png", &[("x-sla-ms", "5000")]).await;

@@ -1,7 +1,7 @@
 //! HTTP transport (axum): thin handlers over `Service`.
 
 mod admin;
-mod classify;
+pub(crate) mod classify;
 
 use crate::error::ServeError;
 use crate::metrics::Metrics;
@@ -71,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health/live", get(admin::live))
         .route("/health/ready", get(admin::ready))
         .route("/metrics", get(admin::metrics))
+        .merge(crate::kserve::router())
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ServeError::Internal("handler panicked".into()).into_response()
