@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Disable batching altogether (batches of one on parallel workers).
     #[arg(long, env = "SLIMSERVE_NO_BATCHING")]
     pub no_batching: bool,
+    /// Fraction of each latency budget kept in reserve when routing (time to
+    /// send the answer, prediction error).
+    #[arg(long, env = "SLIMSERVE_SLA_SLACK", default_value_t = 0.1)]
+    pub sla_slack: f64,
     /// Latency budget of requests without an X-SLA-Ms header, in milliseconds.
     #[arg(long, env = "SLIMSERVE_DEFAULT_SLA_MS", default_value_t = 1000)]
     pub default_sla_ms: u64,

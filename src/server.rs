@@ -99,6 +99,7 @@ pub fn build_service(
         queue_capacity: args.queue_capacity.max(1),
         max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
         batching: !args.no_batching,
+        slack: args.sla_slack.clamp(0.0, 0.9),
     };
     let batcher = Batcher::start(
         engine,

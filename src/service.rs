@@ -202,6 +202,7 @@ impl Service {
             });
         }
         let deadline = arrival + budget;
+        self.batcher.precheck(&route, arrival, deadline)?;
         let (tensor, pre) = self.preprocess_image(bytes).await?;
         let out = self.infer(tensor, &route, arrival, deadline).await?;
         let total = arrival.elapsed();

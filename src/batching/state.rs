@@ -48,6 +48,9 @@ pub struct Policy {
     pub max_batch_wait: Duration,
     /// Whether batches larger than 1 may be formed at all.
     pub batching: bool,
+    /// Fraction of each budget kept in reserve when routing, for the time
+    /// the answer takes to reach the client and for prediction error.
+    pub slack: f64,
 }
 
 impl Default for Policy {
@@ -56,6 +59,7 @@ impl Default for Policy {
             queue_capacity: 256,
             max_batch_wait: Duration::from_millis(10),
             batching: true,
+            slack: 0.0,
         }
     }
 }
@@ -166,6 +170,46 @@ impl<T: Payload> State<T> {
         free.into_iter().min().unwrap_or(now)
     }
 
+    /// The variant a request would be routed to if it were queued at `now`:
+    /// the most accurate eligible one whose predicted completion (backlog
+    /// ahead of it plus its own execution) fits the deadline with the
+    /// policy's slack to spare.
+    pub fn route(
+        &self,
+        req: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Admitted, ServeError> {
+        let top1: Vec<f64> = self.variants.iter().map(|v| v.top1).collect();
+        let cands = routing::candidates(&top1, req);
+        if cands.is_empty() {
+            let best = top1.iter().copied().fold(0.0, f64::max);
+            let min = req.min_top1.unwrap_or(0.0);
+            return Err(ServeError::NoVariantAccurateEnough { min, best });
+        }
+        let start = self.predicted_start(deadline, now);
+        let wait = start.saturating_duration_since(now);
+        let budget = deadline.saturating_duration_since(arrival);
+        let left = deadline
+            .saturating_duration_since(now)
+            .saturating_sub(budget.mul_f64(self.policy.slack));
+        match routing::choose(&cands, req.pinned.is_some(), left, |v| {
+            wait + self.profile.predict(v, 1)
+        }) {
+            Ok((variant, reason, predicted)) => Ok(Admitted {
+                variant,
+                reason,
+                predicted_latency: now.saturating_duration_since(arrival) + predicted,
+            }),
+            Err((v, best)) => Err(ServeError::BudgetUnmeetable {
+                budget_ms: budget.as_secs_f64() * 1e3,
+                best_ms: (now.saturating_duration_since(arrival) + best).as_secs_f64() * 1e3,
+                variant: self.variants[v].name.clone(),
+            }),
+        }
+    }
+
     /// Route and queue a request. On rejection the payload comes back with
     /// the error to answer.
     #[allow(clippy::result_large_err)]
@@ -185,44 +229,20 @@ impl<T: Payload> State<T> {
                 payload,
             ));
         }
-        let top1: Vec<f64> = self.variants.iter().map(|v| v.top1).collect();
-        let cands = routing::candidates(&top1, req);
-        if cands.is_empty() {
-            let best = top1.iter().copied().fold(0.0, f64::max);
-            let min = req.min_top1.unwrap_or(0.0);
-            return Err((ServeError::NoVariantAccurateEnough { min, best }, payload));
-        }
-        let start = self.predicted_start(deadline, now);
-        let wait = start.saturating_duration_since(now);
-        let left = deadline.saturating_duration_since(now);
-        let chosen = routing::choose(&cands, req.pinned.is_some(), left, |v| {
-            wait + self.profile.predict(v, 1)
-        });
-        match chosen {
-            Ok((variant, reason, predicted)) => {
-                self.queues[variant].push_back(Queued {
+        match self.route(req, arrival, deadline, now) {
+            Ok(a) => {
+                let q = Queued {
                     arrival,
                     deadline,
                     enqueued: now,
-                    reason,
+                    reason: a.reason,
                     payload,
-                });
-                self.queued += 1;
-                Ok(Admitted {
-                    variant,
-                    reason,
-                    predicted_latency: now.saturating_duration_since(arrival) + predicted,
-                })
-            }
-            Err((v, best)) => {
-                let spent = now.saturating_duration_since(arrival);
-                let err = ServeError::BudgetUnmeetable {
-                    budget_ms: (deadline.saturating_duration_since(arrival)).as_secs_f64() * 1e3,
-                    best_ms: (spent + best).as_secs_f64() * 1e3,
-                    variant: self.variants[v].name.clone(),
                 };
-                Err((err, payload))
+                self.queues[a.variant].push_back(q);
+                self.queued += 1;
+                Ok(a)
             }
+            Err(e) => Err((e, payload)),
         }
     }
 

@@ -116,6 +116,26 @@ impl Batcher {
         Ok((admitted.variant, rx))
     }
 
+    /// Early admission, before the image is decoded: would the request be
+    /// routed if it were queued once preprocessed (predicted from the
+    /// preprocessing estimate)? Refusing here costs no decoding, which keeps
+    /// an overloaded server's CPU for the requests it can answer.
+    pub fn precheck(
+        &self,
+        route: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
+    ) -> Result<(), ServeError> {
+        let st = self.shared.state.lock().expect("batcher lock");
+        if st.queued() >= st.policy.queue_capacity {
+            return Err(ServeError::QueueFull {
+                capacity: st.policy.queue_capacity,
+            });
+        }
+        let ready_at = Instant::now() + Duration::from_secs_f64(st.profile.preprocess.mean);
+        st.route(route, arrival, deadline, ready_at).map(|_| ())
+    }
+
     pub fn variant_name(&self, v: usize) -> String {
         self.shared.state.lock().expect("batcher lock").variants[v]
             .name

@@ -287,3 +287,14 @@ fn finish_updates_the_profile() {
     }
     assert!(s.profile.mean(0, 1) > before + MS(30));
 }
+
+#[test]
+fn slack_keeps_part_of_the_budget_in_reserve() {
+    let t = Instant::now();
+    let mut s = state(1, 1.6);
+    // full predicts ~42.6 ms: fits a 45 ms budget only without slack.
+    assert_eq!(submit(&mut s, 1, 45, t).unwrap().variant, 0);
+    let mut s = state(1, 1.6);
+    s.policy.slack = 0.1;
+    assert_ne!(submit(&mut s, 1, 45, t).unwrap().variant, 0);
+}
