@@ -229,6 +229,12 @@ impl Service {
         })
     }
 
+    /// Record a refused or failed request in the metrics.
+    pub fn record_error(&self, e: &ServeError, arrival: Instant) {
+        self.record(None, e.http_status(), arrival, None);
+        self.metrics.errors.with_label_values(&[e.kind()]).inc();
+    }
+
     /// Record an answered request in the metrics (variant "none" when the
     /// request was refused before a variant was chosen).
     pub fn record(

@@ -149,8 +149,7 @@ pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
             resp
         }
         Err(e) => {
-            svc.record(None, e.http_status(), arrival, None);
-            svc.metrics.errors.with_label_values(&[e.kind()]).inc();
+            svc.record_error(&e, arrival);
             e.into_response()
         }
     }

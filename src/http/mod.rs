@@ -58,10 +58,7 @@ impl IntoResponse for ServeError {
 }
 
 async fn not_found() -> ServeError {
-    ServeError::BadParameter {
-        name: "path",
-        reason: "no such endpoint".into(),
-    }
+    ServeError::NoSuchEndpoint
 }
 
 pub fn app(state: AppState) -> Router {

@@ -647,8 +647,7 @@ async fn infer(
             a.response
         }
         Err(e) => {
-            svc.record(None, e.http_status(), arrival, None);
-            svc.metrics.errors.with_label_values(&[e.kind()]).inc();
+            svc.record_error(&e, arrival);
             e.into_response()
         }
     }
