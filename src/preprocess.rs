@@ -6,7 +6,10 @@
 
 use crate::error::ServeError;
 use crate::manifest::Preprocess;
-use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{
+    images::{Image, ImageRef},
+    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
 use image::{ImageFormat, ImageReader, Limits};
 use std::io::Cursor;
 
@@ -103,7 +106,8 @@ pub fn resized_size(w: u32, h: u32, shorter: u32) -> (u32, u32) {
 /// Resize the shorter side and centre-crop: returns crop×crop×3 RGB bytes.
 pub fn resize_crop(img: &Rgb, spec: &Preprocess) -> Result<Vec<u8>, ServeError> {
     let (nw, nh) = resized_size(img.width, img.height, spec.resize_shorter);
-    let src = Image::from_vec_u8(img.width, img.height, img.data.clone(), PixelType::U8x3)
+    // Borrow the decoded pixels: no copy of the source image per request.
+    let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)
         .map_err(|e| ServeError::Internal(e.to_string()))?;
     let mut dst = Image::new(nw, nh, PixelType::U8x3);
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
