@@ -107,11 +107,13 @@ impl Batcher {
             .map_err(|(e, _)| e)?;
         let m = &self.shared.metrics;
         m.queue_depth.set(st.queued() as i64);
-        drop(st);
-        let name = self.variant_name(admitted.variant);
         m.routing
-            .with_label_values(&[&name, admitted.reason.as_str()])
+            .with_label_values(&[
+                &st.variants[admitted.variant].name,
+                admitted.reason.as_str(),
+            ])
             .inc();
+        drop(st);
         self.shared.wake.notify_one();
         Ok((admitted.variant, rx))
     }
@@ -134,12 +136,6 @@ impl Batcher {
         }
         let ready_at = Instant::now() + Duration::from_secs_f64(st.profile.preprocess.mean);
         st.route(route, arrival, deadline, ready_at).map(|_| ())
-    }
-
-    pub fn variant_name(&self, v: usize) -> String {
-        self.shared.state.lock().expect("batcher lock").variants[v]
-            .name
-            .clone()
     }
 
     /// A snapshot of the latency model.
