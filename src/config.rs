@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load every variant, warm it, and serve HTTP.
+    /// Load every variant, warm it, and serve HTTP and gRPC.
     Serve(ServeArgs),
     /// Measure each variant in-process: latency and throughput per batch size and worker count, load time, memory.
     Bench(BenchArgs),
@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Address of the HTTP server.
     #[arg(long, env = "SLIMSERVE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Address of the gRPC server (Open Inference Protocol and grpc.health.v1).
+    #[arg(long, env = "SLIMSERVE_GRPC_ADDR", default_value = "0.0.0.0:8081")]
+    pub grpc_addr: SocketAddr,
     /// Inference worker threads, each running one batch at a time (default: one per core).
     #[arg(long, env = "SLIMSERVE_WORKERS")]
     pub workers: Option<usize>,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod grpc;
 pub mod http;
 pub mod kserve;
 pub mod manifest;

@@ -18,7 +18,9 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
                 tracing::info!(addr = %listener.local_addr()?, "listening (HTTP)");
-                slimserve::server::serve(args, listener, slimserve::server::signal()).await
+                let grpc = tokio::net::TcpListener::bind(args.grpc_addr).await?;
+                tracing::info!(addr = %grpc.local_addr()?, "listening (gRPC)");
+                slimserve::server::serve(args, listener, grpc, slimserve::server::signal()).await
             })
         }
         Command::Bench(args) => slimserve::bench::run(&args),

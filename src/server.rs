@@ -1,5 +1,5 @@
 //! `slimserve serve`: load and warm the variants, start the batcher, serve
-//! HTTP, drain on SIGTERM/SIGINT within a timeout.
+//! HTTP and gRPC, drain both on SIGTERM/SIGINT within a timeout.
 
 use crate::batching::profile::LatencyModel;
 use crate::batching::state::{Policy, VariantMeta};
@@ -117,6 +117,21 @@ pub fn build_service(
         max_budget: Duration::from_millis(args.max_sla_ms.max(1)),
         max_top_k: args.max_top_k.max(1),
         preprocess_slots: args.preprocess_slots.unwrap_or_else(default_workers),
+        batch_sizes: if args.no_batching {
+            Vec::new()
+        } else {
+            let mut b: Vec<usize> = args
+                .batch_sizes
+                .iter()
+                .copied()
+                .filter(|b| *b > 1)
+                .collect();
+            b.sort_unstable();
+            b.dedup();
+            b
+        },
+        max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
+        workers,
     };
     tracing::info!(
         ready_after_ms = t0.elapsed().as_millis() as u64,
@@ -133,10 +148,12 @@ pub fn build_service(
     )))
 }
 
-/// Serve on `listener` until `shutdown` resolves, then drain.
+/// Serve HTTP on `listener` and gRPC on `grpc` until `shutdown` resolves,
+/// then drain both.
 pub async fn serve(
     args: ServeArgs,
     listener: TcpListener,
+    grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let manifest = Manifest::load(&args.model.models)?;
@@ -155,25 +172,42 @@ pub async fn serve(
             draining.store(true, Ordering::SeqCst);
         });
     let mut server = tokio::spawn(async move { server.await });
+    let mut grpc_stop = stop_rx.clone();
+    let (health, mut grpc_server) = crate::grpc::start(grpc, state.clone(), async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    })
+    .await;
 
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || build_service(&load_args, &manifest, metrics));
     let mut stop = stop_rx.clone();
-    tokio::select! {
-        loaded = loader => {
-            let svc = loaded.context("loading task")??;
-            let _ = state.service.set(svc);
-        }
-        _ = stop.wait_for(|s| *s) => {}
+    let loaded = tokio::select! {
+        loaded = loader => Some(loaded.context("loading task")??),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    if let Some(svc) = loaded {
+        let _ = state.service.set(svc);
+        health.set(true).await;
     }
     let _ = stop.wait_for(|s| *s).await;
     tracing::info!("shutting down: draining in-flight requests");
+    state.draining.store(true, Ordering::SeqCst);
+    health.set(false).await;
     let limit = Duration::from_secs(args.shutdown_timeout_secs);
-    match tokio::time::timeout(limit, &mut server).await {
-        Ok(res) => res.context("server task")?.context("http server")?,
+    let both = async {
+        let http = (&mut server).await;
+        let grpc = (&mut grpc_server).await;
+        (http, grpc)
+    };
+    match tokio::time::timeout(limit, both).await {
+        Ok((http, grpc)) => {
+            http.context("server task")?.context("http server")?;
+            grpc.context("grpc task")?.context("grpc server")?;
+        }
         Err(_) => {
             tracing::warn!("in-flight requests still running after {limit:?}: closing");
             server.abort();
+            grpc_server.abort();
         }
     }
     if let Some(svc) = state.service.get().cloned() {

@@ -23,6 +23,13 @@ pub struct ServiceConfig {
     pub max_top_k: usize,
     /// Images decoded and resized at once (off the async runtime).
     pub preprocess_slots: usize,
+    /// Batch sizes above 1 with a plan (empty when batching is off); the
+    /// batcher forms them only where the profile shows they pay.
+    pub batch_sizes: Vec<usize>,
+    /// Longest a request waits for its batch to fill.
+    pub max_batch_wait: Duration,
+    /// Inference worker threads.
+    pub workers: usize,
 }
 
 pub struct Service {

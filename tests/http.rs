@@ -313,8 +313,9 @@ async fn liveness_comes_before_readiness() {
     let a = args(&[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(slimserve::server::serve(a, listener, async {
+    let task = tokio::spawn(slimserve::server::serve(a, listener, grpc, async {
         let _ = rx.await;
     }));
     let c = Client::new();

@@ -72,6 +72,8 @@ fn short_sweep_against_the_real_server_is_self_consistent() {
                 "serve",
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
+                "--grpc-addr",
+                "127.0.0.1:0",
                 "--warmup-runs",
                 "2",
             ])

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Shared by every handler. The service appears once models are loaded and
+/// Shared by every handler of both transports (HTTP and gRPC). The service appears once models are loaded and
 /// warmed; until then the server is live but not ready.
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
     pub max_body_bytes: usize,
+    /// Per-model statistics of the inference protocol (HTTP and gRPC).
+    pub kserve_stats: Arc<crate::kserve::stats::Stats>,
 }
 
 impl AppState {
@@ -30,6 +32,7 @@ impl AppState {
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             max_body_bytes,
+            kserve_stats: Arc::default(),
         }
     }
 

@@ -1,44 +1,36 @@
-//! Axum handlers for the `/v2` endpoints.
+//! Axum handlers for the `/v2` endpoints: JSON and binary-extension
+//! encoding over the transport-independent `model` and `infer` modules.
 
 use super::binary;
-use super::types::{
-    InferRequest, InferResponse, ModelMetadata, RequestInput, ResponseOutput, ServerMetadata,
-    TensorMetadata,
-};
-use crate::engine::top_k;
+use super::infer::{self, bad, InputData, OutputData, Param, Params};
+use super::model::{self, Kind, Model, VERSION};
+use super::stats::ModelStats;
+use super::types::{InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata};
 use crate::error::ServeError;
 use crate::http::classify::options_from_headers;
 use crate::http::AppState;
 use crate::service::Service;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// The routed model (no pinned variant, BYTES image input).
-pub const ROUTED_MODEL: &str = "slimserve";
-const IMAGE_SUFFIX: &str = "_image";
-const VERSION: &str = "1";
-const PLATFORM: &str = "tract_onnx";
-/// Advertised `max_batch_size` of every model, and the most images one
-/// request may carry.
-const MAX_BATCH_SIZE: usize = 8;
-const MAX_IMAGES_PER_REQUEST: usize = 64;
+use std::time::Instant;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(model_stats))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route(
@@ -49,99 +41,39 @@ pub fn router() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/config",
             get(model_config),
         )
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats),
+        )
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
 }
 
-fn bad(name: &'static str, reason: impl Into<String>) -> ServeError {
-    ServeError::BadParameter {
-        name,
-        reason: reason.into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// FP32 preprocessed tensor input.
-    Tensor,
-    /// BYTES encoded image input.
-    Image,
-}
-
-#[derive(Debug, Clone)]
-struct Model {
-    name: String,
-    kind: Kind,
-    variant: Option<String>,
-}
-
-impl Model {
-    fn input_name(&self) -> &'static str {
-        match self.kind {
-            Kind::Tensor => "input",
-            Kind::Image => "image",
-        }
-    }
-
-    fn input_datatype(&self) -> &'static str {
-        match self.kind {
-            Kind::Tensor => "FP32",
-            Kind::Image => "BYTES",
-        }
+impl Params for Map<String, Value> {
+    fn get_param(&self, name: &str) -> Option<Param> {
+        Some(match self.get(name)? {
+            Value::Bool(b) => Param::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Param::Int(i),
+                None => Param::Float(n.as_f64()?),
+            },
+            Value::String(s) => Param::Str(s.clone()),
+            // Arrays, objects, null: kept as text, so a number is refused.
+            v => Param::Str(v.to_string()),
+        })
     }
 }
 
 fn resolve_model(svc: &Service, params: &HashMap<String, String>) -> Result<Model, ServeError> {
     let name = params.get("model").map(String::as_str).unwrap_or("");
-    if let Some(v) = params.get("version") {
-        if v != VERSION {
-            return Err(ServeError::UnknownModel {
-                name: format!("{name} version {v}"),
-            });
-        }
-    }
-    let has = |n: &str| svc.specs.iter().any(|s| s.name == n);
-    let model = if name == ROUTED_MODEL {
-        Model {
-            name: name.into(),
-            kind: Kind::Image,
-            variant: None,
-        }
-    } else if has(name) {
-        Model {
-            name: name.into(),
-            kind: Kind::Tensor,
-            variant: Some(name.into()),
-        }
-    } else if let Some(v) = name.strip_suffix(IMAGE_SUFFIX).filter(|v| has(v)) {
-        Model {
-            name: name.into(),
-            kind: Kind::Image,
-            variant: Some(v.into()),
-        }
-    } else {
-        return Err(ServeError::UnknownModel { name: name.into() });
-    };
-    Ok(model)
-}
-
-fn num_classes(svc: &Service) -> usize {
-    svc.labels.len()
-}
-
-fn crop(svc: &Service) -> i64 {
-    i64::from(svc.preprocess.crop)
+    let version = params.get("version").map(String::as_str).unwrap_or("");
+    model::resolve(svc, name, version)
 }
 
 async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "slimserve",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: vec![
-            "classification",
-            "binary_tensor_data",
-            "model_configuration",
-            "parameters",
-        ],
+        extensions: super::EXTENSIONS.to_vec(),
     })
 }
 
@@ -171,26 +103,7 @@ async fn model_metadata(
 ) -> Result<Json<ModelMetadata>, ServeError> {
     let svc = st.ready_service()?;
     let m = resolve_model(svc, &params)?;
-    let c = crop(svc);
-    let shape = match m.kind {
-        Kind::Tensor => vec![-1, 3, c, c],
-        Kind::Image => vec![-1],
-    };
-    Ok(Json(ModelMetadata {
-        name: m.name.clone(),
-        versions: vec![VERSION],
-        platform: PLATFORM,
-        inputs: vec![TensorMetadata {
-            name: m.input_name(),
-            datatype: m.input_datatype(),
-            shape,
-        }],
-        outputs: vec![TensorMetadata {
-            name: "logits",
-            datatype: "FP32",
-            shape: vec![-1, num_classes(svc) as i64],
-        }],
-    }))
+    Ok(Json(model::metadata(svc, &m)))
 }
 
 async fn model_config(
@@ -199,45 +112,75 @@ async fn model_config(
 ) -> Result<Json<Value>, ServeError> {
     let svc = st.ready_service()?;
     let m = resolve_model(svc, &params)?;
-    let c = crop(svc);
+    let c = model::config(svc, &m);
     let input = match m.kind {
         Kind::Tensor => json!({
-            "name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, c, c]
+            "name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": c.input_dims
         }),
-        Kind::Image => json!({ "name": "image", "data_type": "TYPE_STRING", "dims": [1] }),
+        Kind::Image => json!({ "name": "image", "data_type": "TYPE_STRING", "dims": c.input_dims }),
     };
     Ok(Json(json!({
-        "name": m.name,
-        "platform": PLATFORM,
+        "name": c.name,
+        "platform": model::PLATFORM,
         "backend": "tract",
         "version_policy": { "latest": { "num_versions": 1 } },
-        "max_batch_size": MAX_BATCH_SIZE,
+        "max_batch_size": c.max_batch_size,
         "input": [input],
-        "output": [{ "name": "logits", "data_type": "TYPE_FP32", "dims": [num_classes(svc)] }],
-        "dynamic_batching": { "max_queue_delay_microseconds": 5000 },
-        "parameters": { "variant": { "string_value": m.variant.unwrap_or_default() } },
+        "output": [{ "name": "logits", "data_type": "TYPE_FP32", "dims": c.output_dims }],
+        "instance_group": [{ "name": format!("{}_cpu", c.name), "kind": "KIND_CPU", "count": c.instances }],
+        "dynamic_batching": {
+            "preferred_batch_size": c.preferred_batch_sizes,
+            "max_queue_delay_microseconds": c.max_queue_delay.as_micros() as u64,
+        },
+        "parameters": { "variant": { "string_value": c.variant } },
     })))
 }
 
-/// The budget: the smallest of `sla_ms`, `timeout` (µs) and `X-SLA-Ms`.
-fn budget(
-    params: &Map<String, Value>,
-    header: Option<Duration>,
-) -> Result<Option<Duration>, ServeError> {
-    let mut out = header;
-    for (name, per_ms) in [("sla_ms", 1.0), ("timeout", 1e3)] {
-        let Some(v) = params.get(name) else {
-            continue;
-        };
-        let d = v
-            .as_f64()
-            .map(|x| x / per_ms)
-            .filter(|ms| ms.is_finite() && *ms > 0.0 && *ms <= 3.6e6)
-            .map(|ms| Duration::from_secs_f64(ms / 1e3))
-            .ok_or_else(|| bad(name, format!("{v} is not a positive number")))?;
-        out = Some(out.map_or(d, |o| o.min(d)));
-    }
-    Ok(out)
+fn tally(t: super::stats::Tally) -> Value {
+    json!({ "count": t.count, "ns": t.ns })
+}
+
+fn stats_json(name: &str, s: &ModelStats) -> Value {
+    let batches: Vec<Value> = s
+        .batches
+        .iter()
+        .map(|(b, t)| json!({ "batch_size": b, "compute_infer": tally(*t) }))
+        .collect();
+    json!({
+        "name": name,
+        "version": VERSION,
+        "last_inference": s.last_inference,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": tally(s.success),
+            "fail": tally(s.fail),
+            "queue": tally(s.queue),
+            "compute_input": tally(s.compute_input),
+            "compute_infer": tally(s.compute_infer),
+            "compute_output": tally(Default::default()),
+        },
+        "batch_stats": batches,
+    })
+}
+
+/// `/v2/models/stats` (every model) or one model's statistics.
+async fn model_stats(
+    State(st): State<AppState>,
+    params: Option<Path<HashMap<String, String>>>,
+) -> Result<Json<Value>, ServeError> {
+    let svc = st.ready_service()?;
+    let names = match params {
+        Some(Path(p)) if p.contains_key("model") => vec![resolve_model(svc, &p)?.name],
+        _ => model::all_models(svc).into_iter().map(|m| m.name).collect(),
+    };
+    let stats: Vec<Value> = st
+        .kserve_stats
+        .snapshot(&names)
+        .iter()
+        .map(|(n, s)| stats_json(n, s))
+        .collect();
+    Ok(Json(json!({ "model_stats": stats })))
 }
 
 fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), ServeError> {
@@ -263,197 +206,17 @@ fn flatten_strings(v: &Value, out: &mut Vec<Bytes>) -> Result<(), ServeError> {
     }
 }
 
-fn param_usize(params: &Map<String, Value>, name: &str) -> Option<Option<usize>> {
-    params
-        .get(name)
-        .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
-}
-
-fn param_bool(params: &Map<String, Value>, name: &str) -> Option<bool> {
-    params.get(name).and_then(Value::as_bool)
-}
-
-/// The images of one request: preprocessed tensors or encoded images.
-enum Items {
-    Tensors(Vec<Vec<f32>>),
-    Images(Vec<Bytes>),
-}
-
-fn read_input(
-    svc: &Service,
-    model: &Model,
-    input: &RequestInput,
-    binary: &Bytes,
-    offset: &mut usize,
-) -> Result<Items, ServeError> {
-    if input.name != model.input_name() {
-        return Err(bad(
-            "inputs",
-            format!(
-                "unknown input '{}' for model '{}': expected '{}'",
-                input.name,
-                model.name,
-                model.input_name()
-            ),
-        ));
-    }
-    if input.datatype != model.input_datatype() {
-        return Err(bad(
-            "datatype",
-            format!(
-                "input '{}' has datatype {}, expected {}",
-                input.name,
-                input.datatype,
-                model.input_datatype()
-            ),
-        ));
-    }
-    let raw = match param_usize(&input.parameters, "binary_data_size") {
-        Some(Some(size)) => Some(binary::take(binary, offset, size)?),
-        Some(None) => return Err(bad("binary_data_size", "must be a non-negative integer")),
-        None => None,
-    };
-    let n = input.shape.first().copied().unwrap_or(0);
-    let n = usize::try_from(n)
-        .ok()
-        .filter(|n| (1..=MAX_IMAGES_PER_REQUEST).contains(n))
-        .ok_or_else(|| {
-            bad(
-                "shape",
-                format!("batch dimension must be in 1..={MAX_IMAGES_PER_REQUEST}"),
-            )
-        })?;
-    match model.kind {
-        Kind::Tensor => {
-            let c = crop(svc);
-            let want = [3, c, c];
-            if input.shape.len() != 4 || input.shape[1..] != want {
-                return Err(bad(
-                    "shape",
-                    format!(
-                        "input 'input' has shape {:?}, expected [N,3,{c},{c}]",
-                        input.shape
-                    ),
-                ));
-            }
-            let per = (3 * c * c) as usize;
-            let data = match (raw, &input.data) {
-                (Some(raw), _) => binary::f32_from_le(&raw)?,
-                (None, Some(v)) => {
-                    let mut out = Vec::with_capacity(per * n);
-                    flatten_numbers(v, &mut out)?;
-                    out
-                }
-                (None, None) => return Err(bad("data", "input 'input' has no data")),
-            };
-            if data.len() != per * n {
-                return Err(bad(
-                    "data",
-                    format!(
-                        "input 'input' has {} elements, shape {:?} needs {}",
-                        data.len(),
-                        input.shape,
-                        per * n
-                    ),
-                ));
-            }
-            Ok(Items::Tensors(
-                data.chunks_exact(per).map(<[f32]>::to_vec).collect(),
-            ))
-        }
-        Kind::Image => {
-            let ok_shape = matches!(input.shape.as_slice(), [_] | [_, 1]);
-            if !ok_shape {
-                return Err(bad(
-                    "shape",
-                    format!(
-                        "input 'image' has shape {:?}, expected [N] or [N,1]",
-                        input.shape
-                    ),
-                ));
-            }
-            let items = match (raw, &input.data) {
-                (Some(raw), _) => binary::bytes_elements(&raw)?,
-                (None, Some(v)) => {
-                    let mut out = Vec::new();
-                    flatten_strings(v, &mut out)?;
-                    out
-                }
-                (None, None) => return Err(bad("data", "input 'image' has no data")),
-            };
-            if items.len() != n {
-                return Err(bad(
-                    "data",
-                    format!(
-                        "input 'image' has {} elements, shape {:?} needs {n}",
-                        items.len(),
-                        input.shape
-                    ),
-                ));
-            }
-            Ok(Items::Images(items))
-        }
-    }
-}
-
-/// What the client wants back.
-struct OutputSpec {
-    classes: Option<usize>,
-    binary: bool,
-}
-
-fn output_spec(svc: &Service, req: &InferRequest) -> Result<OutputSpec, ServeError> {
-    let default_binary = param_bool(&req.parameters, "binary_data_output").unwrap_or(false);
-    match req.outputs.as_slice() {
-        [] => Ok(OutputSpec {
-            classes: None,
-            binary: default_binary,
-        }),
-        [o] => {
-            if o.name != "logits" {
-                return Err(bad(
-                    "outputs",
-                    format!("unknown output '{}': the only output is 'logits'", o.name),
-                ));
-            }
-            let classes = match param_usize(&o.parameters, "classification") {
-                None | Some(Some(0)) => None,
-                Some(Some(k)) if k <= svc.config.max_top_k.min(num_classes(svc)) => Some(k),
-                _ => {
-                    return Err(bad(
-                        "classification",
-                        format!(
-                            "must be an integer in 1..={}",
-                            svc.config.max_top_k.min(num_classes(svc))
-                        ),
-                    ))
-                }
-            };
-            Ok(OutputSpec {
-                classes,
-                binary: param_bool(&o.parameters, "binary_data").unwrap_or(default_binary),
-            })
-        }
-        _ => Err(bad("outputs", "the only output is 'logits'")),
-    }
-}
-
-struct Answer {
-    response: Response,
-    variant: String,
-    met: bool,
-}
-
 async fn run(
+    st: &AppState,
     svc: Arc<Service>,
     params: HashMap<String, String>,
     req: Request,
-    limit: usize,
     arrival: Instant,
-) -> Result<Answer, ServeError> {
+) -> Result<(Response, String, bool), ServeError> {
     let model = resolve_model(&svc, &params)?;
     let mut opts = options_from_headers(req.headers())?;
-    let headers: HeaderMap = req.headers().clone();
+    let headers = req.headers().clone();
+    let limit = st.max_body_bytes;
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|e| {
@@ -467,12 +230,19 @@ async fn run(
     let (head, raw) = binary::split_body(&headers, body)?;
     let ir: InferRequest = serde_json::from_slice(&head)
         .map_err(|e| bad("body", format!("not a valid inference request: {e}")))?;
-    opts.budget = budget(&ir.parameters, opts.budget)?;
-    // `V` and `V_image` pin their variant; `slimserve` honours `X-Variant`.
-    if model.variant.is_some() {
-        opts.variant = model.variant.clone();
-    }
-    let out_spec = output_spec(&svc, &ir)?;
+    opts.budget = infer::budget(&ir.parameters, opts.budget)?;
+    let spec = {
+        let requested: Vec<(&str, &dyn Params)> = ir
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), &o.parameters as &dyn Params))
+            .collect();
+        let default_binary = ir
+            .parameters
+            .get_bool("binary_data_output")
+            .unwrap_or(false);
+        infer::output_spec(&svc, &requested, default_binary)?
+    };
     let [input] = ir.inputs.as_slice() else {
         return Err(bad(
             "inputs",
@@ -483,106 +253,73 @@ async fn run(
             ),
         ));
     };
-    let mut offset = 0;
-    let items = read_input(&svc, &model, input, &raw, &mut offset)?;
-    if offset != raw.len() {
-        return Err(bad(
-            "binary_data_size",
-            format!(
-                "the binary part has {} bytes, the inputs use {offset}",
-                raw.len()
-            ),
-        ));
-    }
-    let (route, budget) = svc.resolve(&opts)?;
-    let deadline = arrival + budget;
-
-    // Every image goes to the batcher on its own; they are awaited together.
-    let mut set = tokio::task::JoinSet::new();
-    let n = match items {
-        Items::Tensors(ts) => {
-            let n = ts.len();
-            for (i, t) in ts.into_iter().enumerate() {
-                let (svc, route) = (svc.clone(), route.clone());
-                set.spawn(async move { (i, svc.infer(t, &route, arrival, deadline).await) });
+    let n = infer::check_input(&svc, &model, &input.name, &input.datatype, &input.shape)?;
+    let data = match input.parameters.get_usize("binary_data_size") {
+        Some(Ok(size)) => {
+            let mut offset = 0;
+            let part = binary::take(&raw, &mut offset, size)?;
+            if offset != raw.len() {
+                return Err(bad(
+                    "binary_data_size",
+                    format!(
+                        "the binary part has {} bytes, the input uses {offset}",
+                        raw.len()
+                    ),
+                ));
             }
-            n
-        }
-        Items::Images(imgs) => {
-            let n = imgs.len();
-            for (i, b) in imgs.into_iter().enumerate() {
-                let (svc, route) = (svc.clone(), route.clone());
-                set.spawn(async move {
-                    let r = async {
-                        let (t, _) = svc.preprocess_image(b).await?;
-                        svc.infer(t, &route, arrival, deadline).await
-                    }
-                    .await;
-                    (i, r)
-                });
+            match model.kind {
+                Kind::Tensor => InputData::RawF32(part),
+                Kind::Image => InputData::RawElements(part),
             }
-            n
         }
-    };
-    let mut outcomes = vec![None; n];
-    while let Some(joined) = set.join_next().await {
-        let (i, r) = joined.map_err(|e| ServeError::Internal(format!("inference task: {e}")))?;
-        if let Some(slot) = outcomes.get_mut(i) {
-            *slot = Some(r?);
-        }
-    }
-    let outcomes: Vec<_> = outcomes.into_iter().flatten().collect();
-    let first = outcomes
-        .first()
-        .ok_or_else(|| ServeError::Internal("no inference result".into()))?;
-    let variant = svc
-        .specs
-        .get(first.variant)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    let batch_size = first.batch_size;
-    let classes = num_classes(&svc);
-
-    let (datatype, shape, raw_out, json_data) = match out_spec.classes {
+        Some(Err(())) => return Err(bad("binary_data_size", "must be a non-negative integer")),
         None => {
-            let mut logits = Vec::with_capacity(n * classes);
-            for o in &outcomes {
-                logits.extend_from_slice(&o.logits);
+            if !raw.is_empty() {
+                return Err(bad(
+                    "binary_data_size",
+                    format!("the binary part has {} bytes, the input uses 0", raw.len()),
+                ));
             }
-            let width = outcomes.first().map_or(classes, |o| o.logits.len());
-            let shape = vec![n, width];
-            if out_spec.binary {
-                ("FP32", shape, Some(binary::f32_to_le(&logits)), None)
-            } else {
-                ("FP32", shape, None, Some(json!(logits)))
-            }
-        }
-        Some(k) => {
-            let mut items = Vec::with_capacity(n * k);
-            for o in &outcomes {
-                for (index, score) in top_k(&o.logits, k) {
-                    let label = svc.labels.get(index).map(String::as_str).unwrap_or("");
-                    items.push(format!("{score}:{index}:{label}"));
+            let v = input
+                .data
+                .as_ref()
+                .ok_or_else(|| bad("data", format!("input '{}' has no data", input.name)))?;
+            match model.kind {
+                Kind::Tensor => {
+                    let mut out = Vec::new();
+                    flatten_numbers(v, &mut out)?;
+                    InputData::F32(out)
+                }
+                Kind::Image => {
+                    let mut out = Vec::new();
+                    flatten_strings(v, &mut out)?;
+                    InputData::Elements(out)
                 }
             }
-            let shape = vec![n, k];
-            if out_spec.binary {
-                ("BYTES", shape, Some(binary::bytes_to_le(&items)), None)
-            } else {
-                ("BYTES", shape, None, Some(json!(items)))
-            }
         }
+    };
+    let items = infer::items(&svc, &model, n, data)?;
+    let done = infer::execute(svc.clone(), &st.kserve_stats, &model, opts, items, arrival).await?;
+    let out = infer::render(&svc, spec.classes, &done.outcomes);
+
+    let (raw_out, json_data) = match (&out.data, spec.binary) {
+        (OutputData::F32(v), true) => (Some(binary::f32_to_le(v)), None),
+        (OutputData::F32(v), false) => (None, Some(json!(v))),
+        (OutputData::Strings(v), true) => (Some(binary::bytes_to_le(v)), None),
+        (OutputData::Strings(v), false) => (None, Some(json!(v))),
     };
     let mut out_params = Map::new();
     if let Some(r) = &raw_out {
         out_params.insert("binary_data_size".into(), json!(r.len()));
     }
-    let total = arrival.elapsed();
     let mut resp_params = Map::new();
-    resp_params.insert("variant".into(), json!(variant));
-    resp_params.insert("route".into(), json!(first.reason.as_str()));
-    resp_params.insert("batch_size".into(), json!(batch_size));
-    resp_params.insert("total_ms".into(), json!(total.as_secs_f64() * 1e3));
+    resp_params.insert("variant".into(), json!(done.variant));
+    resp_params.insert("route".into(), json!(done.route));
+    resp_params.insert("batch_size".into(), json!(done.batch_size));
+    resp_params.insert(
+        "total_ms".into(),
+        json!(arrival.elapsed().as_secs_f64() * 1e3),
+    );
     let body = InferResponse {
         model_name: model.name.clone(),
         model_version: VERSION.into(),
@@ -590,8 +327,8 @@ async fn run(
         parameters: resp_params,
         outputs: vec![ResponseOutput {
             name: "logits".into(),
-            datatype,
-            shape,
+            datatype: out.datatype,
+            shape: out.shape,
             parameters: out_params,
             data: json_data,
         }],
@@ -621,14 +358,11 @@ async fn run(
             r
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&variant) {
+    if let Ok(v) = HeaderValue::from_str(&done.variant) {
         response.headers_mut().insert("x-variant", v);
     }
-    Ok(Answer {
-        response,
-        variant,
-        met: total <= budget,
-    })
+    let met = done.met(arrival);
+    Ok((response, done.variant, met))
 }
 
 async fn infer(
@@ -641,10 +375,10 @@ async fn infer(
         Ok(s) => s.clone(),
         Err(e) => return e.into_response(),
     };
-    match run(svc.clone(), params, req, st.max_body_bytes, arrival).await {
-        Ok(a) => {
-            svc.record(Some(&a.variant), 200, arrival, Some(a.met));
-            a.response
+    match run(&st, svc.clone(), params, req, arrival).await {
+        Ok((response, variant, met)) => {
+            svc.record(Some(&variant), 200, arrival, Some(met));
+            response
         }
         Err(e) => {
             svc.record_error(&e, arrival);
@@ -658,17 +392,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budget_takes_the_smallest() {
-        let mut p = Map::new();
-        assert_eq!(budget(&p, None).unwrap(), None);
-        p.insert("sla_ms".into(), json!(200));
-        p.insert("timeout".into(), json!(50_000));
-        assert_eq!(
-            budget(&p, Some(Duration::from_millis(100))).unwrap(),
-            Some(Duration::from_millis(50))
-        );
-        p.insert("sla_ms".into(), json!("x"));
-        assert!(budget(&p, None).is_err());
+    fn json_params_read_as_protocol_params() {
+        let p: Map<String, Value> =
+            serde_json::from_value(json!({"a": 3, "b": 2.5, "c": "x", "d": true, "e": [1]}))
+                .unwrap();
+        assert_eq!(p.get_param("a"), Some(Param::Int(3)));
+        assert_eq!(p.get_param("b"), Some(Param::Float(2.5)));
+        assert_eq!(p.get_param("c"), Some(Param::Str("x".into())));
+        assert_eq!(p.get_bool("d"), Some(true));
+        assert_eq!(p.get_usize("e"), Some(Err(())));
+        assert_eq!(p.get_param("f"), None);
     }
 
     #[test]

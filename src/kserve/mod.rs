@@ -16,13 +16,26 @@
 //! Every model has the single version `"1"`. Supported extensions:
 //! `binary_tensor_data`, `classification` (output parameter
 //! `classification: k` turns `logits` into BYTES `[N,k]` of
-//! `"score:index:label"`), `model_configuration`, `parameters`.
+//! `"score:index:label"`), `model_configuration`, `parameters`,
+//! `statistics`. The same models are served over gRPC (`crate::grpc`).
 //! The latency budget comes from the request parameter `sla_ms`, Triton's
 //! `timeout` parameter (microseconds) or the `X-SLA-Ms` header (the smallest
 //! wins); `priority` is accepted and ignored.
 
 pub mod binary;
 pub mod http;
+pub mod infer;
+pub mod model;
+pub mod stats;
 pub mod types;
+
+/// Protocol extensions both transports support (`GET /v2`, ServerMetadata).
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "parameters",
+    "statistics",
+];
 
 pub use http::router;

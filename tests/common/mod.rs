@@ -1,4 +1,5 @@
 //! Start the real server on an ephemeral port with the bundled models.
+#![allow(dead_code)] // each test binary uses its own part of it
 
 use slimserve::config::{ModelArgs, ServeArgs};
 use slimserve::manifest::bundled_models_dir;
@@ -8,6 +9,7 @@ use tokio::sync::oneshot;
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -26,6 +28,7 @@ pub fn args(variants: &[&str]) -> ServeArgs {
         },
         batch_sizes: vec![1],
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
         workers: Some(2),
         queue_capacity: 64,
         max_batch_wait_ms: 5,
@@ -45,8 +48,10 @@ pub fn args(variants: &[&str]) -> ServeArgs {
 pub async fn start(args: ServeArgs) -> Server {
     let listener = tokio::net::TcpListener::bind(args.http_addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let grpc = tokio::net::TcpListener::bind(args.grpc_addr).await.unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(slimserve::server::serve(args, listener, async {
+    let task = tokio::spawn(slimserve::server::serve(args, listener, grpc, async {
         let _ = rx.await;
     }));
     let client = reqwest::Client::new();
@@ -59,6 +64,7 @@ pub async fn start(args: ServeArgs) -> Server {
             if r.status() == 200 {
                 return Server {
                     addr,
+                    grpc_addr,
                     stop: Some(tx),
                     task,
                 };

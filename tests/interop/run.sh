@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Interop check: Triton's Python HTTP client against slimserve's KServe v2
-# endpoints. Uses target/debug/slimserve (built by the test command; built
-# here if missing) and a venv in /tmp/slimserve-interop-venv.
+# Interop check: Triton's own Python clients (tritonclient, HTTP and gRPC)
+# against slimserve's Open Inference Protocol endpoints, and the gRPC health
+# service. Uses target/debug/slimserve (built by the test command; built here
+# if missing) and a venv in /tmp/slimserve-interop-venv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -11,16 +12,20 @@ BIN=${SLIMSERVE_BIN:-target/debug/slimserve}
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http]==2.51.0" "numpy==1.26.4" "pillow==13.0.0"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
 if [ ! -x "$BIN" ]; then
     cargo build --bin slimserve
 fi
 
-PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+    "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT=$(free_port)
+GRPC_PORT=$(free_port)
 LOG=$(mktemp /tmp/slimserve-interop.XXXXXX.log)
-"$BIN" serve --http-addr "127.0.0.1:$PORT" --default-sla-ms 30000 >"$LOG" 2>&1 &
+"$BIN" serve --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+    --default-sla-ms 30000 >"$LOG" 2>&1 &
 SERVER=$!
 cleanup() {
     kill "$SERVER" 2>/dev/null || true
@@ -40,10 +45,13 @@ for _ in $(seq 1 600); do
     sleep 0.5
 done
 
-if ! "$VENV/bin/python" tests/interop/triton_http.py "127.0.0.1:$PORT"; then
-    echo "interop failed; server log:" >&2
-    tail -50 "$LOG" >&2
-    exit 1
-fi
+for t in "triton_http.py 127.0.0.1:$PORT" "triton_grpc.py 127.0.0.1:$PORT 127.0.0.1:$GRPC_PORT"; do
+    # shellcheck disable=SC2086
+    if ! (cd tests/interop && "$VENV/bin/python" $t); then
+        echo "interop failed ($t); server log:" >&2
+        tail -50 "$LOG" >&2
+        exit 1
+    fi
+done
 kill -0 "$SERVER" # still up after the malformed requests
 rm -f "$LOG"

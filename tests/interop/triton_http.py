@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -157,6 +158,23 @@ def main() -> None:
     ok = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
     ok.set_data_from_numpy(x)
     expect_error("unknown model infer", lambda: client.infer("nope", [ok]))
+    # A short binary buffer: the header promises 602112 bytes, 1000 follow.
+    head = json.dumps({"inputs": [{
+        "name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+        "parameters": {"binary_data_size": x.nbytes},
+    }]}).encode()
+    req = urllib.request.Request(
+        f"http://{url}/v2/models/{v}/infer", data=head + x.tobytes()[:1000], method="POST"
+    )
+    req.add_header("Inference-Header-Content-Length", str(len(head)))
+    req.add_header("Content-Type", "application/octet-stream")
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        raise AssertionError("short binary buffer: expected 400")
+    except urllib.error.HTTPError as e:
+        body = json.load(e)
+        assert e.code == 400 and "error" in body, (e.code, body)
+        print(f"  ok: short binary buffer -> {e.code} {body['error']}")
 
     assert client.is_server_live() and client.is_server_ready()
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
