@@ -29,6 +29,36 @@ impl Stat {
     }
 }
 
+/// How late requests start compared with the start predicted when they were
+/// admitted (seconds, signed: decayed mean and mean absolute deviation).
+/// Near saturation the backlog model misses work it cannot see (images
+/// still being decoded, executions slowed by decoding on the same cores);
+/// this error, measured on every started request, is added back as a
+/// margin when routing.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WaitError {
+    pub mean: f64,
+    pub dev: f64,
+    pub count: u64,
+}
+
+impl WaitError {
+    const ALPHA: f64 = 0.05;
+
+    pub fn observe(&mut self, late_secs: f64) {
+        let err = late_secs - self.mean;
+        self.mean += Self::ALPHA * err;
+        self.dev += Self::ALPHA * (err.abs() - self.dev);
+        self.count += 1;
+    }
+
+    /// What to add to a predicted wait: mean lateness plus one deviation,
+    /// never negative.
+    pub fn margin(&self) -> Duration {
+        Duration::from_secs_f64((self.mean + self.dev).clamp(0.0, 10.0))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VariantProfile {
     /// (batch size, execution time of the whole batch).
@@ -39,6 +69,8 @@ pub struct VariantProfile {
 pub struct LatencyModel {
     pub variants: Vec<VariantProfile>,
     pub preprocess: Stat,
+    /// Lateness of real starts against predicted ones.
+    pub wait_error: WaitError,
     /// Spread multiplier used in predictions.
     pub k: f64,
     /// A batch size "pays off" when its time per image is below this
@@ -57,6 +89,7 @@ impl LatencyModel {
         LatencyModel {
             variants,
             preprocess: Stat::default(),
+            wait_error: WaitError::default(),
             k: 2.0,
             payoff: 0.9,
         }
@@ -113,6 +146,21 @@ impl LatencyModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_margin_follows_lateness_and_is_never_negative() {
+        let mut e = WaitError::default();
+        assert_eq!(e.margin(), Duration::ZERO);
+        for _ in 0..200 {
+            e.observe(-0.002);
+        }
+        assert_eq!(e.margin(), Duration::ZERO, "early starts give no credit");
+        for _ in 0..200 {
+            e.observe(0.008);
+        }
+        let m = e.margin().as_secs_f64();
+        assert!((0.007..0.010).contains(&m), "{m}");
+    }
 
     #[test]
     fn decayed_mean_tracks_a_shift() {

@@ -30,6 +30,8 @@ pub struct Queued<T> {
     pub arrival: Instant,
     pub deadline: Instant,
     pub enqueued: Instant,
+    /// When the backlog model predicted, at admission, that it would start.
+    pub predicted_start: Instant,
     pub reason: RouteReason,
     pub payload: T,
 }
@@ -102,6 +104,8 @@ pub struct Admitted {
     pub variant: usize,
     pub reason: RouteReason,
     pub predicted_latency: Duration,
+    /// Predicted start of its execution.
+    pub predicted_start: Instant,
 }
 
 pub struct State<T> {
@@ -172,8 +176,8 @@ impl<T: Payload> State<T> {
 
     /// The variant a request would be routed to if it were queued at `now`:
     /// the most accurate eligible one whose predicted completion (backlog
-    /// ahead of it plus its own execution) fits the deadline with the
-    /// policy's slack to spare.
+    /// ahead of it, plus the measured lateness of starts, plus its own
+    /// execution) fits the deadline with the policy's slack to spare.
     pub fn route(
         &self,
         req: &RouteRequest,
@@ -189,7 +193,7 @@ impl<T: Payload> State<T> {
             return Err(ServeError::NoVariantAccurateEnough { min, best });
         }
         let start = self.predicted_start(deadline, now);
-        let wait = start.saturating_duration_since(now);
+        let wait = start.saturating_duration_since(now) + self.profile.wait_error.margin();
         let budget = deadline.saturating_duration_since(arrival);
         let left = deadline
             .saturating_duration_since(now)
@@ -201,6 +205,7 @@ impl<T: Payload> State<T> {
                 variant,
                 reason,
                 predicted_latency: now.saturating_duration_since(arrival) + predicted,
+                predicted_start: start,
             }),
             Err((v, best)) => Err(ServeError::BudgetUnmeetable {
                 budget_ms: budget.as_secs_f64() * 1e3,
@@ -235,6 +240,7 @@ impl<T: Payload> State<T> {
                     arrival,
                     deadline,
                     enqueued: now,
+                    predicted_start: a.predicted_start,
                     reason: a.reason,
                     payload,
                 };
@@ -284,6 +290,15 @@ impl<T: Payload> State<T> {
                 Ok(size) => {
                     let items: Vec<Queued<T>> = self.queues[v].drain(..size).collect();
                     self.queued -= items.len();
+                    for it in &items {
+                        let late = now
+                            .saturating_duration_since(it.predicted_start)
+                            .as_secs_f64()
+                            - it.predicted_start
+                                .saturating_duration_since(now)
+                                .as_secs_f64();
+                        self.profile.wait_error.observe(late);
+                    }
                     let predicted = self.profile.predict(v, size);
                     self.busy_until[w] = Some(now + predicted);
                     return Next::Run(Batch {

@@ -298,3 +298,42 @@ fn slack_keeps_part_of_the_budget_in_reserve() {
     s.policy.slack = 0.1;
     assert_ne!(submit(&mut s, 1, 45, t).unwrap().variant, 0);
 }
+
+#[test]
+fn late_starts_teach_the_router_a_margin() {
+    let t = Instant::now();
+    let mut s = state(1, 1.6);
+    // full predicts ~42.6 ms: a 60 ms budget fits on an idle server.
+    assert_eq!(submit(&mut s, 1, 60, t).unwrap().variant, 0);
+    run(s.next(0, t));
+    s.finish(0, 0, 1, MS(40));
+    // Starts keep coming 20 ms later than predicted (work the backlog model
+    // cannot see, such as images still being decoded).
+    let mut now = t;
+    for i in 0..100 {
+        now += MS(100);
+        submit(&mut s, 10 + i, 1000, now).unwrap();
+        run(s.next(0, now + MS(20)));
+        s.finish(0, 0, 1, MS(40));
+    }
+    let m = s.profile.wait_error.margin();
+    assert!(m >= MS(18) && m <= MS(25), "{m:?}");
+    // The same 60 ms request now goes to a faster variant.
+    now += MS(100);
+    assert_ne!(submit(&mut s, 999, 60, now).unwrap().variant, 0);
+}
+
+#[test]
+fn punctual_starts_leave_no_margin() {
+    let t = Instant::now();
+    let mut s = state(2, 1.6);
+    let mut now = t;
+    for i in 0..50 {
+        now += MS(100);
+        submit(&mut s, i, 100, now).unwrap();
+        run(s.next(0, now));
+        s.finish(0, 0, 1, MS(40));
+    }
+    assert_eq!(s.profile.wait_error.margin(), Duration::ZERO);
+    assert_eq!(submit(&mut s, 99, 60, now).unwrap().variant, 0);
+}
