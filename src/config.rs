@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// Where to write the JSON results.
     #[arg(long, env = "SLIMSERVE_BENCH_JSON", default_value = "bench.json")]
     pub json: PathBuf,
+    /// Images whose preprocessing (decode, resize, normalise) to time, one
+    /// thread (default: the models folder's testdata/).
+    #[arg(long, env = "SLIMSERVE_BENCH_IMAGES")]
+    pub images: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

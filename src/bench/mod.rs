@@ -1,4 +1,7 @@
-//! `slimserve bench`: in-process engine figures per variant.
+//! `slimserve bench`: in-process engine figures per variant, and the cost of
+//! preprocessing the images the server will decode.
+
+pub mod preprocess;
 
 use crate::config::{default_workers, BenchArgs};
 use crate::engine::tract::TractEngine;
@@ -35,6 +38,7 @@ pub struct BenchReport {
     pub cores: usize,
     pub target_cpu_avx2: bool,
     pub variants: Vec<VariantBench>,
+    pub preprocess: Vec<preprocess::PreprocessBench>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -101,6 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cores: default_workers(),
         target_cpu_avx2: cfg!(target_feature = "avx2"),
         variants: vec![],
+        preprocess: vec![],
     };
     println!(
         "{:<8} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}",
@@ -145,6 +150,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             vb.file_bytes as f64 / 1048576.0
         );
         report.variants.push(vb);
+    }
+    let images = args
+        .images
+        .clone()
+        .unwrap_or_else(|| args.model.models.join("testdata"));
+    println!(
+        "\n{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9}",
+        "image", "size", "KiB", "decode ms", "resize ms", "norm ms", "total ms"
+    );
+    for p in preprocess::measure(&images, &manifest.preprocess, args.seconds.min(2.0))? {
+        println!(
+            "{:<16} {:>9} {:>9.0} {:>10.2} {:>10.2} {:>10.2} {:>9.2}",
+            p.file,
+            format!("{}x{}", p.width, p.height),
+            p.bytes as f64 / 1024.0,
+            p.decode_ms,
+            p.resize_crop_ms,
+            p.normalize_ms,
+            p.total_ms
+        );
+        report.preprocess.push(p);
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("wrote {}", args.json.display());
