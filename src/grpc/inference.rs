@@ -108,7 +108,7 @@ fn stats_pb(name: String, s: ModelStats) -> pb::ModelStatistics {
             queue: tally(s.queue),
             compute_input: tally(s.compute_input),
             compute_infer: tally(s.compute_infer),
-            compute_output: tally(Tally::default()),
+            compute_output: tally(s.compute_output),
             cache_hit: tally(Tally::default()),
             cache_miss: tally(Tally::default()),
         }),

@@ -158,7 +158,7 @@ fn stats_json(name: &str, s: &ModelStats) -> Value {
             "queue": tally(s.queue),
             "compute_input": tally(s.compute_input),
             "compute_infer": tally(s.compute_infer),
-            "compute_output": tally(Default::default()),
+            "compute_output": tally(s.compute_output),
         },
         "batch_stats": batches,
     })

@@ -6,7 +6,7 @@
 //! - `V`: input `input`, FP32 `[-1,3,224,224]` (already preprocessed, NCHW,
 //!   the same normalisation as the server's own preprocessing), output
 //!   `logits`, FP32 `[-1,1000]`; runs pinned to variant `V`.
-//! - `V_image`: input `image`, BYTES `[-1]` (each element an encoded
+//! - `V_image`: input `image`, BYTES `[-1,1]` (each element an encoded
 //!   JPEG/PNG/... image), output `logits`; decoded and preprocessed by the
 //!   server, runs pinned to variant `V`.
 //! - `slimserve`: like `V_image`, but routed by the SLA router (no pinned

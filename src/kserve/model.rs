@@ -45,12 +45,14 @@ impl Model {
         }
     }
 
-    /// The input shape with `-1` for the batch dimension.
+    /// The input shape with `-1` for the batch dimension: the config's dims
+    /// behind it, as Triton reports a batching model (clients such as
+    /// perf_analyzer take the shape of one item from what follows the `-1`).
     pub fn input_shape(&self, svc: &Service) -> Vec<i64> {
         let c = crop(svc);
         match self.kind {
             Kind::Tensor => vec![-1, 3, c, c],
-            Kind::Image => vec![-1],
+            Kind::Image => vec![-1, 1],
         }
     }
 }

@@ -36,10 +36,14 @@ pub struct ModelStats {
     pub fail: Tally,
     /// Per image: time queued for a worker.
     pub queue: Tally,
-    /// Per image: decoding and preprocessing (BYTES models only).
+    /// Per image: decoding and preprocessing (zero time for FP32 models).
     pub compute_input: Tally,
     /// Per image: the model execution.
     pub compute_infer: Tally,
+    /// Per image: shaping the output (not timed apart from the response:
+    /// counted with zero time, as clients want the three compute counts
+    /// equal).
+    pub compute_output: Tally,
     /// Per batch size: executions and their time.
     pub batches: BTreeMap<usize, Tally>,
 }
@@ -72,9 +76,8 @@ impl Stats {
             s.batches.entry(b).or_default().add(1, o.inference);
         }
         s.execution_count += (executions.round() as u64).max(1);
-        if !preprocess.is_zero() {
-            s.compute_input.add(n, preprocess);
-        }
+        s.compute_input.add(n, preprocess);
+        s.compute_output.add(n, Duration::ZERO);
         s.last_inference = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -136,10 +139,11 @@ mod tests {
         assert_eq!(
             m.compute_input,
             Tally {
-                count: 2,
+                count: 4,
                 ns: 4_000_000
             }
         );
+        assert_eq!(m.compute_output.count, m.compute_infer.count);
         assert_eq!(m.batches[&2].count, 2);
         assert!(m.last_inference > 0);
         assert_eq!(got[1].1, ModelStats::default());
