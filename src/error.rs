@@ -46,6 +46,8 @@ pub enum ServeError {
     },
     #[error("deadline of {budget_ms} ms passed after {waited_ms:.1} ms in the queue; the request was dropped before inference")]
     DeadlineExpired { budget_ms: f64, waited_ms: f64 },
+    #[error("the answer was ready after {took_ms:.1} ms, past the {budget_ms} ms budget; it is not sent late")]
+    AnswerLate { budget_ms: f64, took_ms: f64 },
     #[error("server is not ready: models are still loading")]
     NotReady,
     #[error("server is shutting down")]
@@ -95,6 +97,7 @@ impl ServeError {
             QueueFull { .. } => (503, ResourceExhausted, "queue_full"),
             BudgetUnmeetable { .. } => (503, Unavailable, "budget_unmeetable"),
             DeadlineExpired { .. } => (504, DeadlineExceeded, "deadline_expired"),
+            AnswerLate { .. } => (504, DeadlineExceeded, "answer_late"),
             NotReady => (503, Unavailable, "not_ready"),
             ShuttingDown => (503, Unavailable, "shutting_down"),
             Internal(_) => (500, GrpcCode::Internal, "internal"),
@@ -165,6 +168,11 @@ mod tests {
         let late = ServeError::DeadlineExpired {
             budget_ms: 5.0,
             waited_ms: 6.0,
+        };
+        assert_eq!((late.http_status(), late.grpc_code() as i32), (504, 4));
+        let late = ServeError::AnswerLate {
+            budget_ms: 5.0,
+            took_ms: 6.0,
         };
         assert_eq!((late.http_status(), late.grpc_code() as i32), (504, 4));
     }

@@ -178,6 +178,12 @@ impl Service {
     ) -> Result<Outcome, ServeError> {
         let (_, rx) = self.batcher.submit(route, arrival, deadline, tensor)?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
+            // The worker answered in time, but this task may be polled
+            // later (all cores busy): never send an answer past its deadline.
+            Ok(Ok(Ok(_))) if Instant::now() > deadline => Err(ServeError::AnswerLate {
+                budget_ms: ms(deadline - arrival),
+                took_ms: ms(arrival.elapsed()),
+            }),
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(ServeError::ShuttingDown),
             Err(_) => {
