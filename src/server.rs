@@ -84,7 +84,8 @@ pub fn build_service(
     }
     let workers = args.workers.unwrap_or_else(default_workers).max(1);
     let engine: Arc<dyn Engine> = Arc::new(engine);
-    let profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
+    let mut profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
+    profile.freeze_payoff();
     for (i, s) in specs.iter().enumerate() {
         tracing::info!(variant = s.name, predicted_ms = profile.predict(i, 1).as_secs_f64() * 1e3, paying_batch_sizes = ?profile.paying_sizes(i), "warmed");
     }

@@ -76,6 +76,9 @@ pub struct LatencyModel {
     /// A batch size "pays off" when its time per image is below this
     /// fraction of batch 1's.
     pub payoff: f64,
+    /// Paying batch sizes per variant, fixed from the warm-up (see
+    /// `freeze_payoff`); `None`: computed from the live figures.
+    pub paying: Option<Vec<Vec<usize>>>,
 }
 
 impl LatencyModel {
@@ -92,7 +95,21 @@ impl LatencyModel {
             wait_error: WaitError::default(),
             k: 2.0,
             payoff: 0.9,
+            paying: None,
         }
+    }
+
+    /// Decide, from the figures so far (the warm-up, where every plan ran
+    /// under the same load), which batch sizes pay off, and keep that
+    /// decision. Live executions still refine every prediction, but would
+    /// skew the comparison: a batch size that rarely runs keeps its
+    /// quiet-machine time while batch 1's grows under load, and would look
+    /// cheaper than it is.
+    pub fn freeze_payoff(&mut self) {
+        let paying = (0..self.variants.len())
+            .map(|v| self.live_paying_sizes(v))
+            .collect();
+        self.paying = Some(paying);
     }
 
     fn stat(&self, v: usize, batch: usize) -> Option<&Stat> {
@@ -133,6 +150,13 @@ impl LatencyModel {
 
     /// Batch sizes whose measured time per image beats batch 1 clearly.
     pub fn paying_sizes(&self, v: usize) -> Vec<usize> {
+        match &self.paying {
+            Some(p) => p.get(v).cloned().unwrap_or_else(|| vec![1]),
+            None => self.live_paying_sizes(v),
+        }
+    }
+
+    fn live_paying_sizes(&self, v: usize) -> Vec<usize> {
         let one = self.mean(v, 1).as_secs_f64();
         self.variants[v]
             .by_batch
@@ -173,6 +197,23 @@ mod tests {
             s.observe(0.020);
         }
         assert!((s.mean - 0.020).abs() < 0.001, "{}", s.mean);
+    }
+
+    #[test]
+    fn the_payoff_decision_is_kept_from_the_warm_up() {
+        let ms = Duration::from_millis;
+        let mut m = LatencyModel::new(&[vec![1, 2]]);
+        m.observe(0, 1, ms(9));
+        m.observe(0, 2, ms(20));
+        m.freeze_payoff();
+        assert_eq!(m.paying_sizes(0), vec![1]);
+        // Under load batch 1 slows down (decoding shares the cores) while
+        // batch 2 never runs: its stale time must not start to look cheap.
+        for _ in 0..100 {
+            m.observe(0, 1, ms(14));
+        }
+        assert_eq!(m.paying_sizes(0), vec![1]);
+        assert!(m.mean(0, 1) > ms(13), "predictions still follow the load");
     }
 
     #[test]
