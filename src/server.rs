@@ -48,9 +48,7 @@ pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel
                     .flat_map(|h| h.join().unwrap_or_default())
                     .collect()
             });
-            for t in times {
-                model.observe(v, b, t);
-            }
+            model.seed(v, b, &times);
         }
     }
     model

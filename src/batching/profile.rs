@@ -120,6 +120,30 @@ impl LatencyModel {
             .map(|(_, s)| s)
     }
 
+    /// Seed a batch size from warm-up runs: the median and the mean absolute
+    /// deviation from it (a decayed mean would mostly remember the first
+    /// run, and warm-up runs are few and noisy).
+    pub fn seed(&mut self, v: usize, batch: usize, runs: &[Duration]) {
+        if runs.is_empty() {
+            return;
+        }
+        let mut xs: Vec<f64> = runs.iter().map(Duration::as_secs_f64).collect();
+        xs.sort_by(f64::total_cmp);
+        let median = xs[xs.len() / 2];
+        let dev = xs.iter().map(|x| (x - median).abs()).sum::<f64>() / xs.len() as f64;
+        if let Some((_, s)) = self.variants[v]
+            .by_batch
+            .iter_mut()
+            .find(|(b, _)| *b == batch)
+        {
+            *s = Stat {
+                mean: median,
+                dev,
+                count: xs.len() as u64,
+            };
+        }
+    }
+
     pub fn observe(&mut self, v: usize, batch: usize, took: Duration) {
         if let Some((_, s)) = self.variants[v]
             .by_batch
@@ -197,6 +221,15 @@ mod tests {
             s.observe(0.020);
         }
         assert!((s.mean - 0.020).abs() < 0.001, "{}", s.mean);
+    }
+
+    #[test]
+    fn seeding_takes_the_median_not_the_first_run() {
+        let ms = Duration::from_millis;
+        let mut m = LatencyModel::new(&[vec![1]]);
+        m.seed(0, 1, &[ms(30), ms(10), ms(11), ms(10), ms(12)]);
+        assert_eq!(m.mean(0, 1), ms(11));
+        assert!(m.predict(0, 1) > ms(11) && m.predict(0, 1) < ms(30));
     }
 
     #[test]
