@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Triton's perf_analyzer against slimserve over HTTP and gRPC (the Open
 # Inference Protocol), beside the same closed-loop load through /classify
-# (measured with loadtest), at concurrency 1..4, on one release server.
+# (measured with loadtest), at concurrency 1..4, on one release server, and
+# the engine's in-process throughput (slimserve bench) for the same workers.
 #
 #   loadtest/perf_analyzer/run.sh            # writes $OUT/summary.md
 #
@@ -44,9 +45,15 @@ b = base64.b64encode(struct.pack("<I", len(png)) + png).decode()
 json.dump({"data": [{"image": {"content": {"b64": b}, "shape": [1]}}]}, open(sys.argv[2], "w"))
 PY
 
+# In-process engine throughput of the same variant and worker count, for the
+# server-vs-engine ratio (same run, same machine state).
+WORKERS=${WORKERS:-$(nproc)}
+"$BIN" bench --models "$ROOT/models" --variants "$VARIANT" --batch-sizes 1 --workers "$WORKERS" \
+  --seconds 5 --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+
 free_port() { "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); GPORT=$(free_port)
-"$BIN" serve --models "$ROOT/models" --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$GPORT" \
+"$BIN" serve --models "$ROOT/models" --workers "$WORKERS" --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$GPORT" \
   --default-sla-ms 20000 --max-sla-ms 60000 >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT

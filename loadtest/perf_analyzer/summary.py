@@ -34,6 +34,21 @@ runs = {
     f"HTTP v2 {variant} (FP32 tensor)": pa("http", variant),
     f"gRPC v2 {variant} (FP32 tensor)": pa("grpc", variant),
 }
+bench = json.load(open(out / "bench.json"))
+cell = bench["variants"][0]["cells"][0]
+engine = cell["images_per_sec"]
+print(
+    f"slimserve bench, {variant}, batch 1, {cell['workers']} workers: {engine:.1f} images/s "
+    f"(median {cell['median_image_ms']:.1f} ms/image); preprocessing per image: "
+    + ", ".join(f"{p['file']} {p['total_ms']:.2f} ms" for p in bench["preprocess"])
+)
+print()
+print("| path | best req/s | vs engine (bench) |")
+print("|---|---:|---:|")
+for name, rows in runs.items():
+    best = max(t for t, _, _ in rows.values())
+    print(f"| {name} | {best:.1f} | {best / engine:.2f} |")
+print()
 print(f"| path | concurrency | req/s | p50 ms | p99 ms | req/s vs /classify | p50 vs /classify |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for name, rows in runs.items():
