@@ -182,3 +182,24 @@ def count_macs(path) -> int:
             kdim = a[0] if (n.op_type == "Gemm" and trans_a) else a[-1]
             macs += int(np.prod(out)) * kdim
     return int(macs)
+
+
+def load_resized(split: str, names: list[str] | None = None) -> list:
+    """Images of a split (sorted by name, optionally only `names`) as normalised 3 x H x W float
+    tensors, shorter side resized to 256 like `crop224` but not cropped (for augmentation)."""
+    import torch
+
+    out = []
+    for f in sorted((DATA_DIR / split).glob("*.JPEG")):
+        if names is not None and f.name not in names:
+            continue
+        img = Image.open(f).convert("RGB")
+        w, h = img.size
+        if w <= h:
+            nw, nh = RESIZE_SHORTER, (h * RESIZE_SHORTER + w // 2) // w
+        else:
+            nw, nh = (w * RESIZE_SHORTER + h // 2) // h, RESIZE_SHORTER
+        img = img.resize((nw, nh), Image.BILINEAR)
+        x = (np.asarray(img, dtype=np.float32) - MEAN) / STD
+        out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
+    return out

@@ -8,7 +8,11 @@ For every block with an expansion conv, sequentially from input to output:
   3. fold the dropped channels' mean activation into the projection bias and refit the projection
      (weights + bias) by ridge-regularised least squares so that the block output matches the
      full model's block output (this also corrects the error accumulated upstream).
-Optionally followed by a short logit distillation from the full model on augmented calib images.
+The shipped recipe (build.py) uses greedy OBS selection + refit (`obs_select`) on the calib images,
+their mirror images and random resized crops of them (`_rrc`), after a MAC-aware allocation
+(`allocate`). Optionally followed by a short logit distillation (`distill`) or a function-matching
+feature-mimicking distillation (`mimic`) from the full model; neither is used by the build today
+(see README.md).
 """
 from __future__ import annotations
 
@@ -213,11 +217,11 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
     pruned = copy.deepcopy(model)
     keeps = keeps or block_keep_counts(model, ratio)
     x_full = _run_chunks(model.stem, xs)
-    x_pr = x_full.clone()
+    x_pr = x_full  # shared until the first pruned block (saves memory with many inputs)
     for bi, (blk, keep) in enumerate(zip(model.blocks, keeps)):
         x_full_next = _run_chunks(blk, x_full)
         if keep is None:
-            x_pr = _run_chunks(pruned.blocks[bi], x_pr)
+            x_pr = x_full_next if x_pr is x_full else _run_chunks(pruned.blocks[bi], x_pr)
             x_full = x_full_next
             continue
         a = _run_chunks(blk.inner, x_pr)  # inner activations of the pruned net, all channels
@@ -331,4 +335,117 @@ def distill(student: LiteNet, teacher: LiteNet, xs: torch.Tensor, epochs: int = 
             sched.step()
             total += loss.item() * len(xb)
         log(f"  distill epoch {ep + 1}/{epochs}: loss {total / len(xs):.4f}")
+    return student.eval()
+
+
+# ---------------------------------------------------------------- feature-mimicking distillation
+
+def _taps(model: LiteNet, x: torch.Tensor):
+    """Block outputs (residual stream after every MBConv block), pre-pooling features, logits."""
+    feats = []
+    x = model.stem(x)
+    for b in model.blocks:
+        x = b(x)
+        feats.append(x)
+    h = model.head(x)
+    feats.append(h)
+    return feats, model.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def _rrc(img: torch.Tensor, gen: torch.Generator, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), size=224):
+    """Random resized crop (Inception style) of one 3 x H x W image, bilinear antialiased, + flip."""
+    _, H, W = img.shape
+    area = H * W
+    for _ in range(10):
+        s = scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item()
+        lr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(1, generator=gen).item()
+        ar = math.exp(lr)
+        w = int(round(math.sqrt(area * s * ar)))
+        h = int(round(math.sqrt(area * s / ar)))
+        if 0 < w <= W and 0 < h <= H:
+            break
+    else:
+        h = w = min(H, W)
+    top = int(torch.randint(0, H - h + 1, (1,), generator=gen))
+    left = int(torch.randint(0, W - w + 1, (1,), generator=gen))
+    crop = img[None, :, top : top + h, left : left + w]
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    if torch.rand(1, generator=gen).item() < 0.5:
+        out = out.flip(2)
+    return out
+
+
+def mix_batch(imgs: list[torch.Tensor], n: int, gen: torch.Generator, scale=(0.25, 1.0),
+              p_mix: float = 0.5) -> torch.Tensor:
+    """n fresh training inputs: random resized crops + flips of randomly drawn images, then with
+    probability p_mix per batch mixup (lambda ~ U(0,1)) or cutmix between pairs of the batch."""
+    idx = torch.randint(0, len(imgs), (n,), generator=gen)
+    x = torch.stack([_rrc(imgs[int(i)], gen, scale) for i in idx])
+    u = torch.rand(1, generator=gen).item()
+    if u < p_mix / 2:  # mixup
+        lam = torch.rand(n, 1, 1, 1, generator=gen)
+        x = lam * x + (1 - lam) * x[torch.randperm(n, generator=gen)]
+    elif u < p_mix:  # cutmix
+        other = x[torch.randperm(n, generator=gen)]
+        x = x.clone()
+        for i in range(n):
+            lam = torch.rand(1, generator=gen).item()
+            ch, cw = int(224 * math.sqrt(1 - lam)), int(224 * math.sqrt(1 - lam))
+            cy = int(torch.randint(0, 224, (1,), generator=gen))
+            cx = int(torch.randint(0, 224, (1,), generator=gen))
+            y0, y1 = max(0, cy - ch // 2), min(224, cy + ch // 2)
+            x0, x1 = max(0, cx - cw // 2), min(224, cx + cw // 2)
+            x[i, :, y0:y1, x0:x1] = other[i, :, y0:y1, x0:x1]
+    return x
+
+
+def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: int = 600, batch: int = 32,
+          lr: float = 5e-4, wd: float = 1e-5, temperature: float = 3.0, w_feat: float = 1.0,
+          w_kl: float = 1.0, scale=(0.25, 1.0), p_mix: float = 0.5, seed: int = 0, log=print,
+          eval_fn=None, eval_every: int = 0) -> LiteNet:
+    """Function-matching distillation of the pruned student from the full teacher.
+
+    Every step draws a fresh batch (random resized crops + flips + mixup/cutmix of `imgs`, the
+    calibration images resized to shorter side 256, uncropped); the teacher sees exactly the same
+    inputs. Loss: for every MBConv block output and the pre-pooling features, the MSE between
+    student and teacher normalised by the teacher tensor's mean square, averaged over the taps
+    (weight w_feat), + KL(teacher || student) of the logits at `temperature` x T^2 (weight w_kl).
+    AdamW, linear warm-up (5 %) then cosine decay to 0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(student).train()
+    params = list(student.parameters())
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))))
+    t = temperature
+    run = None
+    for step in range(steps):
+        xb = mix_batch(imgs, batch, gen, scale, p_mix)
+        with torch.no_grad():
+            tf, tl = _taps(teacher, xb)
+        sf, sl = _taps(student, xb)
+        lf = sum(F.mse_loss(s, q) / q.pow(2).mean().clamp_min(1e-6) for s, q in zip(sf, tf)) / len(sf)
+        lk = F.kl_div(F.log_softmax(sl / t, 1), F.log_softmax(tl / t, 1), log_target=True,
+                      reduction="batchmean") * t * t
+        loss = w_feat * lf + w_kl * lk
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        cur = (loss.item(), lf.item(), lk.item())
+        run = cur if run is None else tuple(0.95 * a + 0.05 * b for a, b in zip(run, cur))
+        if (step + 1) % 10 == 0 or step == 0:
+            log(f"  mimic step {step + 1}/{steps}: loss {run[0]:.4f} (feat {run[1]:.4f}, kl {run[2]:.4f}) "
+                f"lr {sched.get_last_lr()[0]:.2e}")
+        if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            student.eval()
+            eval_fn(student, step + 1)
+            student.train()
     return student.eval()
