@@ -31,18 +31,24 @@ def seed_everything(seed: int = SEED) -> None:
         pass
 
 
-def crop224(path) -> np.ndarray:
-    """RGB, resize shorter side to 256 (Pillow bilinear, antialiased), centre crop 224.
-
-    Returns the HWC uint8 crop. The Rust server replicates this exactly.
-    """
-    img = Image.open(path).convert("RGB")
+def resize_shorter(img):
+    """Resize so the shorter side is 256 (Pillow bilinear, antialiased), the longer side
+    rounded half up."""
     w, h = img.size
     if w <= h:
         nw, nh = RESIZE_SHORTER, (h * RESIZE_SHORTER + w // 2) // w
     else:
         nw, nh = (w * RESIZE_SHORTER + h // 2) // h, RESIZE_SHORTER
-    img = img.resize((nw, nh), Image.BILINEAR)
+    return img.resize((nw, nh), Image.BILINEAR)
+
+
+def crop224(path) -> np.ndarray:
+    """RGB, resize shorter side to 256 (Pillow bilinear, antialiased), centre crop 224.
+
+    Returns the HWC uint8 crop. The Rust server replicates this exactly.
+    """
+    img = resize_shorter(Image.open(path).convert("RGB"))
+    nw, nh = img.size
     left, top = (nw - CROP) // 2, (nh - CROP) // 2
     img = img.crop((left, top, left + CROP, top + CROP))
     return np.asarray(img, dtype=np.uint8)
@@ -193,13 +199,7 @@ def load_resized(split: str, names: list[str] | None = None) -> list:
     for f in sorted((DATA_DIR / split).glob("*.JPEG")):
         if names is not None and f.name not in names:
             continue
-        img = Image.open(f).convert("RGB")
-        w, h = img.size
-        if w <= h:
-            nw, nh = RESIZE_SHORTER, (h * RESIZE_SHORTER + w // 2) // w
-        else:
-            nw, nh = (w * RESIZE_SHORTER + h // 2) // h, RESIZE_SHORTER
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = resize_shorter(Image.open(f).convert("RGB"))
         x = (np.asarray(img, dtype=np.float32) - MEAN) / STD
         out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
     return out
