@@ -14,6 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// A latency budget given in milliseconds (header, parameter, either
+/// transport): positive, finite, at most an hour.
+pub fn budget_from_ms(ms: f64) -> Option<Duration> {
+    (ms.is_finite() && ms > 0.0 && ms <= 3.6e6).then(|| Duration::from_secs_f64(ms / 1e3))
+}
+
 /// Limits and defaults of the request path.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {

@@ -2,13 +2,13 @@
 
 use super::AppState;
 use crate::error::ServeError;
-use crate::service::RequestOptions;
+use crate::service::{budget_from_ms, RequestOptions};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, serde::Deserialize)]
 struct Params {
@@ -34,8 +34,7 @@ pub fn options_from_headers(h: &HeaderMap) -> Result<RequestOptions, ServeError>
         .map(|s| {
             s.parse::<f64>()
                 .ok()
-                .filter(|v| v.is_finite() && *v > 0.0 && *v <= 3.6e6)
-                .map(|v| Duration::from_secs_f64(v / 1e3))
+                .and_then(budget_from_ms)
                 .ok_or_else(|| ServeError::BadHeader {
                     name: "x-sla-ms",
                     reason: format!("'{s}' is not a positive number of milliseconds"),
@@ -158,6 +157,7 @@ pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,18 +1,12 @@
 //! The binary tensor data extension: raw little-endian tensors after the
 //! JSON header, BYTES elements as 4-byte little-endian length + bytes.
 
+use super::infer::bad;
 use crate::error::ServeError;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-fn bad(name: &'static str, reason: impl Into<String>) -> ServeError {
-    ServeError::BadParameter {
-        name,
-        reason: reason.into(),
-    }
-}
 
 /// Split a request body into its JSON header and the binary part that
 /// follows it (empty without `Inference-Header-Content-Length`).

@@ -8,7 +8,7 @@ use super::stats::Stats;
 use crate::batching::Outcome;
 use crate::engine::top_k;
 use crate::error::ServeError;
-use crate::service::{RequestOptions, Service};
+use crate::service::{budget_from_ms, RequestOptions, Service};
 use axum::body::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,9 +74,7 @@ pub fn budget(
         };
         let d = v
             .number()
-            .map(|x| x / per_ms)
-            .filter(|ms| ms.is_finite() && *ms > 0.0 && *ms <= 3.6e6)
-            .map(|ms| Duration::from_secs_f64(ms / 1e3))
+            .and_then(|x| budget_from_ms(x / per_ms))
             .ok_or_else(|| bad(name, format!("{v:?} is not a positive number")))?;
         out = Some(out.map_or(d, |o| o.min(d)));
     }
