@@ -6,7 +6,7 @@ use crate::batching::state::{Policy, VariantMeta};
 use crate::batching::{Batcher, BatcherConfig};
 use crate::config::{default_workers, ServeArgs};
 use crate::engine::tract::TractEngine;
-use crate::engine::Engine;
+use crate::engine::{timed_runs, Engine};
 use crate::http::{self, AppState};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -26,28 +26,9 @@ pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel
         .map(|v| engine.batch_sizes(v).to_vec())
         .collect();
     let mut model = LatencyModel::new(&sizes);
-    let image = 3 * 224 * 224;
     for (v, vs) in sizes.iter().enumerate() {
         for &b in vs {
-            let times: Vec<Duration> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..workers.max(1))
-                    .map(|_| {
-                        s.spawn(move || {
-                            (0..runs.max(1) + 1)
-                                .filter_map(|i| {
-                                    let t = Instant::now();
-                                    engine.infer(v, b, vec![0.1; image * b]).ok()?;
-                                    (i > 0).then(|| t.elapsed())
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
+            let times = timed_runs(engine, v, b, workers, true, &|n| n < runs.max(1));
             model.seed(v, b, &times);
         }
     }
@@ -81,6 +62,8 @@ pub fn build_service(
             .set(s.file_bytes as i64);
     }
     let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    // Every variant has the same plans (sorted, deduplicated, with 1).
+    let plans = engine.batch_sizes(0).to_vec();
     let engine: Arc<dyn Engine> = Arc::new(engine);
     let mut profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
     profile.freeze_payoff();
@@ -119,15 +102,7 @@ pub fn build_service(
         batch_sizes: if args.no_batching {
             Vec::new()
         } else {
-            let mut b: Vec<usize> = args
-                .batch_sizes
-                .iter()
-                .copied()
-                .filter(|b| *b > 1)
-                .collect();
-            b.sort_unstable();
-            b.dedup();
-            b
+            plans.into_iter().filter(|b| *b > 1).collect()
         },
         max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
         workers,
@@ -163,12 +138,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let draining = state.draining.clone();
     let mut graceful = stop_rx.clone();
     let server =
         axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|s| *s).await;
-            draining.store(true, Ordering::SeqCst);
         });
     let mut server = tokio::spawn(async move { server.await });
     let mut grpc_stop = stop_rx.clone();

@@ -5,7 +5,7 @@ pub mod preprocess;
 
 use crate::config::{default_workers, BenchArgs};
 use crate::engine::tract::TractEngine;
-use crate::engine::Engine;
+use crate::engine::{timed_runs, Engine};
 use crate::manifest::Manifest;
 use anyhow::Result;
 use serde::Serialize;
@@ -50,30 +50,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// `workers` threads each running batches of `batch` for `seconds`.
 pub fn measure(engine: &dyn Engine, v: usize, batch: usize, workers: usize, seconds: f64) -> Cell {
-    let input = vec![0.1f32; 3 * 224 * 224 * batch];
-    let _ = engine.infer(v, batch, input.clone());
+    let _ = engine.infer(v, batch, vec![0.1f32; 3 * 224 * 224 * batch]);
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(seconds);
-    let mut times: Vec<Duration> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..workers)
-            .map(|_| {
-                let input = input.clone();
-                s.spawn(move || {
-                    let mut t = Vec::new();
-                    while Instant::now() < until || t.len() < 2 {
-                        let s = Instant::now();
-                        if engine.infer(v, batch, input.clone()).is_err() {
-                            break;
-                        }
-                        t.push(s.elapsed());
-                    }
-                    t
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+    let mut times = timed_runs(engine, v, batch, workers, false, &|n| {
+        Instant::now() < until || n < 2
     });
     let wall = t0.elapsed().as_secs_f64();
     times.sort();

@@ -36,6 +36,46 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .collect()
 }
 
+/// Run batches of `batch` on variant `v` from `workers` threads at once and
+/// return every timed run. With `discard_first` each thread's first run is
+/// not timed; each thread keeps going while `more(runs it has timed)`, and
+/// stops at a failed run. Used by warm-up and by `bench`.
+pub fn timed_runs(
+    engine: &dyn Engine,
+    v: usize,
+    batch: usize,
+    workers: usize,
+    discard_first: bool,
+    more: &(dyn Fn(usize) -> bool + Sync),
+) -> Vec<std::time::Duration> {
+    let input = vec![0.1f32; 3 * 224 * 224 * batch];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                let input = &input;
+                s.spawn(move || {
+                    if discard_first && engine.infer(v, batch, input.clone()).is_err() {
+                        return Vec::new();
+                    }
+                    let mut t = Vec::new();
+                    while more(t.len()) {
+                        let start = std::time::Instant::now();
+                        if engine.infer(v, batch, input.clone()).is_err() {
+                            break;
+                        }
+                        t.push(start.elapsed());
+                    }
+                    t
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
