@@ -57,6 +57,19 @@ def _slice_conv(conv: PConv, out_idx=None, in_idx=None, depthwise=False) -> PCon
     return new
 
 
+def _install(pruned: LiteNet, bi: int, blk, keep_idx, W: torch.Tensor):
+    """Put block `bi` of `pruned` together from the unpruned `blk`: its kept inner channels
+    `keep_idx` and the refitted projection `W` ([weight | bias], Cout x (Cin + 1))."""
+    new_blk = pruned.blocks[bi]
+    new_blk.expand = _slice_conv(blk.expand, out_idx=keep_idx)
+    new_blk.dw = _slice_conv(blk.dw, out_idx=keep_idx, depthwise=True)
+    proj = _slice_conv(blk.project, in_idx=keep_idx)
+    proj.weight = torch.nn.Parameter(W[:, :-1, None, None].contiguous())
+    proj.bias = torch.nn.Parameter(W[:, -1].contiguous())
+    new_blk.project = proj
+    return new_blk
+
+
 def block_keep_counts(model: LiteNet, ratio) -> list[int | None]:
     """Number of inner channels kept per block (None: block without expansion, untouched)."""
     ratios = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(model.blocks)
@@ -239,14 +252,7 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
             W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
             keep_idx, W = obs_select(A, T, W0, keep, ridge)
             W = W.t()
-            new_blk = pruned.blocks[bi]
-            new_blk.expand = _slice_conv(blk.expand, out_idx=keep_idx)
-            new_blk.dw = _slice_conv(blk.dw, out_idx=keep_idx, depthwise=True)
-            proj = _slice_conv(blk.project, in_idx=keep_idx)
-            proj.weight = torch.nn.Parameter(W[:, :-1, None, None].contiguous())
-            proj.bias = torch.nn.Parameter(W[:, -1].contiguous())
-            new_blk.project = proj
-            x_pr = _run_chunks(new_blk, x_pr)
+            x_pr = _run_chunks(_install(pruned, bi, blk, keep_idx, W), x_pr)
             x_full = x_full_next
             continue
         var = a.var(dim=(0, 2, 3))
@@ -278,14 +284,7 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
             W = torch.linalg.solve(G, Ab.t() @ T.double() + lam * W0).t().float()
         else:
             W = W0.t().float()
-        new_blk = pruned.blocks[bi]
-        new_blk.expand = _slice_conv(blk.expand, out_idx=keep_idx)
-        new_blk.dw = _slice_conv(blk.dw, out_idx=keep_idx, depthwise=True)
-        proj = _slice_conv(blk.project, in_idx=keep_idx)
-        proj.weight = torch.nn.Parameter(W[:, :-1, None, None].contiguous())
-        proj.bias = torch.nn.Parameter(W[:, -1].contiguous())
-        new_blk.project = proj
-        x_pr = _run_chunks(new_blk, x_pr)
+        x_pr = _run_chunks(_install(pruned, bi, blk, keep_idx, W), x_pr)
         x_full = x_full_next
     return pruned.eval()
 
