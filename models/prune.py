@@ -8,11 +8,12 @@ For every block with an expansion conv, sequentially from input to output:
   3. fold the dropped channels' mean activation into the projection bias and refit the projection
      (weights + bias) by ridge-regularised least squares so that the block output matches the
      full model's block output (this also corrects the error accumulated upstream).
-The shipped recipe (build.py) uses greedy OBS selection + refit (`obs_select`) on the calib images,
-their mirror images and random resized crops of them (`_rrc`), after a MAC-aware allocation
-(`allocate`). Optionally followed by a short logit distillation (`distill`) or a function-matching
-feature-mimicking distillation (`mimic`) from the full model; neither is used by the build today
-(see README.md).
+The shipped recipe (build.py) uses greedy OBS selection + refit (`obs_select`) on the calib images
+and their mirror images after a MAC-aware allocation (`allocate`), then a function-matching
+distillation from the full model (`mimic`). Options, measured in README.md: random resized crops
+(`_rrc`) in the refit, an allocation from each block's measured KL sensitivity
+(`sensitivities` + `allocate_kl`), dropping whole residual blocks (`Dropped`), and a short logit
+distillation (`distill`).
 """
 from __future__ import annotations
 
@@ -70,6 +71,18 @@ def _install(pruned: LiteNet, bi: int, blk, keep_idx, W: torch.Tensor):
     return new_blk
 
 
+class Dropped(torch.nn.Module):
+    """A residual block with all its inner channels removed: the skip path plus a constant."""
+
+    def __init__(self, bias: torch.Tensor):
+        super().__init__()
+        self.bias = torch.nn.Parameter(bias.clone())
+        self.expand, self.skip = None, True
+
+    def forward(self, x):
+        return x + self.bias[None, :, None, None]
+
+
 def block_keep_counts(model: LiteNet, ratio) -> list[int | None]:
     """Number of inner channels kept per block (None: block without expansion, untouched)."""
     ratios = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(model.blocks)
@@ -121,6 +134,21 @@ def obs_select(A: torch.Tensor, T: torch.Tensor, W0: torch.Tensor, keep: int, ri
     return keep_idx, torch.cat([W[keep_idx], W[C:]], 0).float()
 
 
+def _total_macs(model: LiteNet) -> int:
+    """MACs of the convs and the classifier at batch 1, 224x224."""
+    macs = [model.fc.weight.numel()]
+
+    def hook(mod, inp, o):
+        macs[0] += mod.weight[0].numel() * o.shape[1] * o.shape[2] * o.shape[3]
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PConv)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    for h in hs:
+        h.remove()
+    return macs[0]
+
+
 def _inner_channel_macs(model: LiteNet) -> list[int | None]:
     """MACs (batch 1, 224x224) that one inner channel of each block costs."""
     out = []
@@ -140,31 +168,33 @@ def _inner_channel_macs(model: LiteNet) -> list[int | None]:
 
 
 @torch.no_grad()
-def allocate(model: LiteNet, xs: torch.Tensor, macs_fraction_removed: float, max_ratio: float = 0.75,
-             n_rows: int = 30000, ridge: float = 1e-3, seed: int = 0, norm: str = "stream") -> list[int | None]:
-    """Per-block number of inner channels to keep so that the pruned blocks save
+def allocate(model: LiteNet, xs: torch.Tensor, macs_fraction_removed, max_ratio: float = 0.75,
+             n_rows: int = 30000, ridge: float = 1e-3, seed: int = 0, norm: str = "stream",
+             drop: tuple[int, ...] = ()) -> list[int | None]:
+    """Per-block number of inner channels to keep (0: block dropped) so that the pruned blocks save
     `macs_fraction_removed` of the full model's MACs, spending removals where they hurt least.
 
-    For every block (on the unpruned network) the greedy OBS path gives the error added by each
-    successive channel removal; normalised by the energy of the block's output (residual stream)
-    and divided by the MACs one channel costs, the cheapest removals over all blocks are taken.
-    norm: "stream" normalises by the energy of the block output incl. the skip path, "block" by the
-    energy of the projection output alone.
+    The residual blocks in `drop` lose all their inner channels (their MACs count towards the
+    target); for every other block (on the unpruned network) the greedy OBS path gives the error
+    added by each successive channel removal; normalised by the energy of the block's output
+    (residual stream) and divided by the MACs one channel costs, the cheapest removals over all
+    blocks are taken. norm: "stream" normalises by the energy of the block output incl. the skip
+    path, "block" by the energy of the projection output alone.
     """
+    costs = removal_costs(model, xs, max_ratio, n_rows, ridge, seed, norm)
+    if isinstance(macs_fraction_removed, (list, tuple)):
+        return [take(model, costs, f, drop) for f in macs_fraction_removed]
+    return take(model, costs, macs_fraction_removed, drop)
+
+
+@torch.no_grad()
+def removal_costs(model: LiteNet, xs: torch.Tensor, max_ratio: float = 0.75, n_rows: int = 30000,
+                  ridge: float = 1e-3, seed: int = 0, norm: str = "stream"):
+    """(sorted [(normalised cost per MAC, block, k-th removal)], MACs per inner channel, total MACs)."""
     gen = torch.Generator().manual_seed(seed)
     per_ch = _inner_channel_macs(model)
-    x = torch.zeros(1, 3, 224, 224)
-    hooks_macs = [0]
-
-    def hook(mod, inp, o):
-        hooks_macs[0] += mod.weight[0].numel() * o.shape[1] * o.shape[2] * o.shape[3]
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PConv)]
-    model(x)
-    for h in hs:
-        h.remove()
-    total = hooks_macs[0] + model.fc.weight.numel()
-    items = []  # (normalised cost per MAC, block, k-th removal)
+    total = _total_macs(model)
+    items = []
     x = _run_chunks(model.stem, xs)
     for bi, blk in enumerate(model.blocks):
         x_next = _run_chunks(blk, x)
@@ -189,15 +219,97 @@ def allocate(model: LiteNet, xs: torch.Tensor, macs_fraction_removed: float, max
                 items.append((running / energy / per_ch[bi], bi, k))
         x = x_next
     items.sort()
-    if isinstance(macs_fraction_removed, (list, tuple)):
-        return [_take(model, items, per_ch, f * total) for f in macs_fraction_removed]
-    return _take(model, items, per_ch, macs_fraction_removed * total)
+    return items, per_ch, total
 
 
-def _take(model, items, per_ch, macs_to_save):
+LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+@torch.no_grad()
+def sensitivities(model: LiteNet, xs: torch.Tensor, xs_eval: torch.Tensor, levels=LEVELS, n_rows: int = 60000,
+                  ridge: float = 1e-3, seed: int = 0, log=print) -> dict[tuple[int, int], float]:
+    """How much pruning each block alone costs at the output: {(block, inner channels kept): KL}.
+
+    For every block with an expansion conv and every fraction in `levels` of its inner channels
+    (rounded to multiples of 8; 1.0, i.e. dropping the block, only where it has a skip path), only
+    that block is pruned (greedy OBS + refit on `xs`, as in `prune`), and the KL divergence of
+    the full model's softmax from the pruned model's is measured on `xs_eval`: other inputs than
+    the refit's (random resized crops), so a refit that only fits its own inputs scores badly.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ref = model(xs_eval).log_softmax(1)
+    x, e = _run_chunks(model.stem, xs), _run_chunks(model.stem, xs_eval)
+    out = {}
+    for bi, blk in enumerate(model.blocks):
+        if blk.expand is not None:
+            a = _run_chunks(blk.inner, x)
+            tgt = _run_chunks(blk.project, a)
+            gen_state = gen.get_state()
+            A = _sample_rows(a, n_rows, gen)
+            gen.set_state(gen_state)
+            T = _sample_rows(tgt, n_rows, gen)
+            del a
+            wp = blk.project.weight.data[:, :, 0, 0]
+            W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
+            C = blk.dw.weight.shape[0]
+            for lv in levels:
+                keep = 0 if lv >= 1.0 else int(math.ceil((C - round(C * lv)) / 8.0)) * 8
+                if keep == C or (keep == 0 and not blk.skip) or (bi, keep) in out:
+                    continue
+                pruned = copy.deepcopy(model)
+                if keep == 0:
+                    pruned.blocks[bi] = Dropped(tgt.mean(dim=(0, 2, 3)))
+                else:
+                    keep_idx, W = obs_select(A, T, W0, keep, ridge)
+                    _install(pruned, bi, blk, keep_idx, W.t())
+                y = e
+                for b in pruned.blocks[bi:]:
+                    y = _run_chunks(b, y)
+                logits = pruned.fc(F.adaptive_avg_pool2d(_run_chunks(pruned.head, y), 1).flatten(1))
+                out[(bi, keep)] = float(F.kl_div(logits.log_softmax(1), ref, log_target=True, reduction="batchmean"))
+                log(f"  block {bi}: keep {keep}/{C} inner channels -> KL {out[(bi, keep)]:.4f}")
+            del tgt
+        x, e = _run_chunks(blk, x), _run_chunks(blk, e)
+    return out
+
+
+def allocate_kl(model: LiteNet, sens: dict[tuple[int, int], float], macs_fraction_removed: float,
+                unit: int = 100_000) -> list[int | None]:
+    """Kept inner channels per block (None: untouched, 0: dropped) that save at least
+    `macs_fraction_removed` of the full model's MACs with the smallest sum of the blocks'
+    `sensitivities`: a multiple-choice knapsack, solved exactly by dynamic programming over the
+    saved MACs in units of `unit`."""
+    per_ch = _inner_channel_macs(model)
+    total = _total_macs(model)
+    need = int(math.ceil(macs_fraction_removed * total / unit))
+    options = {}
+    for (bi, keep), kl in sorted(sens.items()):
+        options.setdefault(bi, [(model.blocks[bi].dw.weight.shape[0], 0.0)]).append((keep, kl))
+    best = {0: (0.0, ())}  # saved units (capped at need) -> (summed KL, choices)
+    for bi, opts in sorted(options.items()):
+        C = model.blocks[bi].dw.weight.shape[0]
+        nxt = {}
+        for saved, (cost, chosen) in best.items():
+            for keep, kl in opts:
+                s = min(need, saved + (C - keep) * per_ch[bi] // unit)
+                if s not in nxt or cost + kl < nxt[s][0]:
+                    nxt[s] = (cost + kl, chosen + ((bi, keep),))
+        best = nxt
+    if need not in best:
+        raise ValueError(f"cannot save {macs_fraction_removed:.0%} of the MACs at the measured levels")
+    chosen = dict(best[need][1])
+    return [chosen.get(bi) for bi in range(len(model.blocks))]
+
+
+def take(model, costs, macs_fraction_removed: float, drop=()) -> list[int | None]:
+    """Kept inner channels per block for one MAC target, from `removal_costs`."""
+    items, per_ch, total = costs
+    macs_to_save = macs_fraction_removed * total
     removed = [0] * len(model.blocks)
-    saved = 0
+    saved = sum(per_ch[bi] * model.blocks[bi].dw.weight.shape[0] for bi in drop)
     for _, bi, k in items:
+        if bi in drop:
+            continue
         if saved >= macs_to_save:
             break
         if k == removed[bi]:
@@ -205,7 +317,9 @@ def _take(model, items, per_ch, macs_to_save):
             saved += per_ch[bi]
     keeps = []
     for bi, blk in enumerate(model.blocks):
-        if per_ch[bi] is None:
+        if bi in drop:
+            keeps.append(0)
+        elif per_ch[bi] is None:
             keeps.append(None)
         else:
             C = blk.dw.weight.shape[0]
@@ -235,6 +349,12 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
         x_full_next = _run_chunks(blk, x_full)
         if keep is None:
             x_pr = x_full_next if x_pr is x_full else _run_chunks(pruned.blocks[bi], x_pr)
+            x_full = x_full_next
+            continue
+        if keep == 0:  # drop the whole block: keep its skip path and the mean of its target
+            assert blk.skip, f"block {bi} has no skip path and cannot be dropped"
+            pruned.blocks[bi] = Dropped((x_full_next - x_pr).mean(dim=(0, 2, 3)))
+            x_pr = _run_chunks(pruned.blocks[bi], x_pr)
             x_full = x_full_next
             continue
         a = _run_chunks(blk.inner, x_pr)  # inner activations of the pruned net, all channels
@@ -401,7 +521,7 @@ def mix_batch(imgs: list[torch.Tensor], n: int, gen: torch.Generator, scale=(0.2
 def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: int = 600, batch: int = 32,
           lr: float = 5e-4, wd: float = 1e-5, temperature: float = 3.0, w_feat: float = 1.0,
           w_kl: float = 1.0, scale=(0.25, 1.0), p_mix: float = 0.5, seed: int = 0, log=print,
-          eval_fn=None, eval_every: int = 0) -> LiteNet:
+          eval_fn=None, eval_every: int = 0, relative_lr: bool = False) -> LiteNet:
     """Function-matching distillation of the pruned student from the full teacher.
 
     Every step draws a fresh batch (random resized crops + flips + mixup/cutmix of `imgs`, the
@@ -409,7 +529,8 @@ def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: i
     inputs. Loss: for every MBConv block output and the pre-pooling features, the MSE between
     student and teacher normalised by the teacher tensor's mean square, averaged over the taps
     (weight w_feat), + KL(teacher || student) of the logits at `temperature` x T^2 (weight w_kl).
-    AdamW, linear warm-up (5 %) then cosine decay to 0.
+    AdamW, linear warm-up (5 %) then cosine decay to 0. relative_lr: the learning rate of every
+    tensor is `lr` times its RMS, so a step changes small and large weights alike in relative terms.
     """
     gen = torch.Generator().manual_seed(seed)
     teacher = teacher.eval()
@@ -417,9 +538,13 @@ def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: i
         p.requires_grad_(False)
     student = copy.deepcopy(student).train()
     params = list(student.parameters())
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr)
+    if relative_lr:  # one group per tensor, lr scaled by the tensor's RMS (BN-folded weights differ in scale)
+        groups = [dict(params=[p], lr=lr * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-3)),
+                       weight_decay=wd if p.dim() > 1 else 0.0) for p in params]
+    else:
+        groups = [dict(params=[p for p in params if p.dim() > 1], weight_decay=wd),
+                  dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=lr)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))))
