@@ -187,6 +187,21 @@ def allocate(model: LiteNet, xs: torch.Tensor, macs_fraction_removed, max_ratio:
     return take(model, costs, macs_fraction_removed, drop)
 
 
+def _projection_problem(blk: Block, x: torch.Tensor, n_rows: int, gen: torch.Generator):
+    """The unpruned block's projection as a regression on its inputs `x`: sampled inner activations
+    A, the projection's outputs T at the same positions, its whole output, and its weights as the
+    prior W0 ((Cin + 1) x Cout, last row the bias). `gen` is left as it was before sampling T."""
+    a = _run_chunks(blk.inner, x)
+    tgt = _run_chunks(blk.project, a)
+    gen_state = gen.get_state()
+    A = _sample_rows(a, n_rows, gen)
+    gen.set_state(gen_state)
+    T = _sample_rows(tgt, n_rows, gen)
+    gen.set_state(gen_state)
+    wp = blk.project.weight.data[:, :, 0, 0]
+    return A, T, tgt, torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
+
+
 @torch.no_grad()
 def removal_costs(model: LiteNet, xs: torch.Tensor, max_ratio: float = 0.75, n_rows: int = 30000,
                   ridge: float = 1e-3, seed: int = 0, norm: str = "stream"):
@@ -199,19 +214,11 @@ def removal_costs(model: LiteNet, xs: torch.Tensor, max_ratio: float = 0.75, n_r
     for bi, blk in enumerate(model.blocks):
         x_next = _run_chunks(blk, x)
         if per_ch[bi] is not None:
-            a = _run_chunks(blk.inner, x)
-            tgt = _run_chunks(blk.project, a)
-            gen_state = gen.get_state()
-            A = _sample_rows(a, n_rows, gen)
-            gen.set_state(gen_state)
-            T = _sample_rows(tgt, n_rows, gen)
-            gen.set_state(gen_state)
+            A, T, tgt, W0 = _projection_problem(blk, x, n_rows, gen)
             ref = x_next if norm == "stream" else tgt  # residual stream, or the block's own output
             energy = float(_sample_rows(ref, n_rows, gen).double().pow(2).sum())
-            del a, tgt
+            del tgt
             C = A.shape[1]
-            wp = blk.project.weight.data[:, :, 0, 0]
-            W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
             obs_select(A, T, W0, int(C * (1 - max_ratio)), ridge)
             running = 0.0
             for k, c in enumerate(obs_select.last_costs):
@@ -242,15 +249,7 @@ def sensitivities(model: LiteNet, xs: torch.Tensor, xs_eval: torch.Tensor, level
     out = {}
     for bi, blk in enumerate(model.blocks):
         if blk.expand is not None:
-            a = _run_chunks(blk.inner, x)
-            tgt = _run_chunks(blk.project, a)
-            gen_state = gen.get_state()
-            A = _sample_rows(a, n_rows, gen)
-            gen.set_state(gen_state)
-            T = _sample_rows(tgt, n_rows, gen)
-            del a
-            wp = blk.project.weight.data[:, :, 0, 0]
-            W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
+            A, T, tgt, W0 = _projection_problem(blk, x, n_rows, gen)
             C = blk.dw.weight.shape[0]
             for lv in levels:
                 keep = 0 if lv >= 1.0 else int(math.ceil((C - round(C * lv)) / 8.0)) * 8
