@@ -346,3 +346,41 @@ async fn liveness_comes_before_readiness() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }
+
+/// Errors answered before the body is read (too large, wrong content type, bad header) reach a
+/// client that is still uploading, every time, instead of a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_errors_reach_a_client_still_uploading() {
+    let server = start(args(&["pruned"])).await;
+    let c = Client::new();
+    let url = server.url("/classify");
+    for i in 0..10 {
+        let (s, v) = classify(&c, &url, vec![0u8; 6 << 20], "image/png", &[]).await;
+        assert_eq!(
+            (s.as_u16(), &v["kind"]),
+            (413, &Value::from("body_too_large")),
+            "round {i}"
+        );
+        let (s, v) = classify(&c, &url, vec![0u8; 3 << 20], "application/json", &[]).await;
+        assert_eq!(
+            (s.as_u16(), &v["kind"]),
+            (415, &Value::from("unsupported_media_type")),
+            "round {i}"
+        );
+        let (s, v) = classify(
+            &c,
+            &url,
+            vec![0u8; 3 << 20],
+            "image/png",
+            &[("x-sla-ms", "soon")],
+        )
+        .await;
+        assert_eq!(
+            (s.as_u16(), &v["kind"]),
+            (400, &Value::from("bad_header")),
+            "round {i}"
+        );
+    }
+    let (s, v) = classify(&c, &url, photo("chelsea.png"), "image/png", &[]).await;
+    assert_eq!(s, 200, "{v}");
+}

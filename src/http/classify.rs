@@ -3,12 +3,13 @@
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::Instant;
+use http_body_util::BodyExt;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, serde::Deserialize)]
 struct Params {
@@ -68,14 +69,6 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = ctype.split(';').next().unwrap_or("").trim().to_string();
-    let too_large = |e: &dyn std::fmt::Display| {
-        let msg = e.to_string();
-        if msg.contains("length limit") || msg.contains("too large") {
-            ServeError::BodyTooLarge { limit }
-        } else {
-            ServeError::BadImage(format!("reading the body: {msg}"))
-        }
-    };
     if essence == "multipart/form-data" {
         let mut mp = axum::extract::Multipart::from_request(req, &())
             .await
@@ -102,27 +95,72 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         || essence == "application/octet-stream"
         || essence == "application/x-www-form-urlencoded"; // curl --data-binary's default
     if !accepted {
+        discard(req.into_body(), limit).await;
         return Err(ServeError::UnsupportedMediaType(essence));
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| too_large(&e))
+    read_limited(req.into_body(), limit).await
+}
+
+/// The whole body, or `BodyTooLarge` (after discarding the rest) once it passes `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ServeError> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ServeError::BadImage(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                discard(body, limit).await;
+                return Err(ServeError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and drops the rest of a request body, at most `max` bytes and for at most 2 s, before
+/// an early error is answered. Otherwise the server closes the connection with unread data, the
+/// kernel answers the still-uploading client with a reset, and the client may see a broken
+/// connection instead of the error.
+async fn discard(mut body: Body, max: usize) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
     let arrival = Instant::now();
     let svc = match st.ready_service() {
         Ok(s) => s.clone(),
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            discard(req.into_body(), st.max_body_bytes).await;
+            return e.into_response();
+        }
     };
     let result = async {
-        let opts = options_from_headers(req.headers())?;
-        let params =
-            Query::<Params>::try_from_uri(req.uri()).map_err(|e| ServeError::BadParameter {
-                name: "query",
-                reason: e.body_text(),
-            })?;
-        let bytes = read_image(req, st.max_body_bytes).await?;
+        let (parts, body) = req.into_parts();
+        let early = options_from_headers(&parts.headers).and_then(|opts| {
+            Query::<Params>::try_from_uri(&parts.uri)
+                .map(|params| (opts, params))
+                .map_err(|e| ServeError::BadParameter {
+                    name: "query",
+                    reason: e.body_text(),
+                })
+        });
+        let (opts, params) = match early {
+            Ok(v) => v,
+            Err(e) => {
+                discard(body, st.max_body_bytes).await;
+                return Err(e);
+            }
+        };
+        let bytes = read_image(Request::from_parts(parts, body), st.max_body_bytes).await?;
         svc.classify(bytes, &opts, params.top_k.unwrap_or(5), arrival)
             .await
     }
