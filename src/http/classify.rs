@@ -1,15 +1,15 @@
 //! `POST /classify`: the raw image as the body, or multipart field `image`.
 
+use super::body::{discard, read_limited};
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::BodyExt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, serde::Deserialize)]
 struct Params {
@@ -98,40 +98,7 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         discard(req.into_body(), limit).await;
         return Err(ServeError::UnsupportedMediaType(essence));
     }
-    read_limited(req.into_body(), limit).await
-}
-
-/// The whole body, or `BodyTooLarge` (after discarding the rest) once it passes `limit` bytes.
-async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ServeError> {
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ServeError::BadImage(format!("reading the body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                discard(body, limit).await;
-                return Err(ServeError::BodyTooLarge { limit });
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(buf))
-}
-
-/// Reads and drops the rest of a request body, at most `max` bytes and for at most 2 s, before
-/// an early error is answered. Otherwise the server closes the connection with unread data, the
-/// kernel answers the still-uploading client with a reset, and the client may see a broken
-/// connection instead of the error.
-async fn discard(mut body: Body, max: usize) {
-    let drain = async {
-        let mut seen = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len());
-            if seen > max {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    read_limited(req.into_body(), limit, ServeError::BadImage).await
 }
 
 pub async fn classify(State(st): State<AppState>, req: Request) -> Response {

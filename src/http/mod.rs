@@ -1,6 +1,7 @@
 //! HTTP transport (axum): thin handlers over `Service`.
 
 mod admin;
+pub(crate) mod body;
 pub(crate) mod classify;
 
 use crate::error::ServeError;

@@ -7,6 +7,7 @@ use super::model::{self, Kind, Model, VERSION};
 use super::stats::ModelStats;
 use super::types::{InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata};
 use crate::error::ServeError;
+use crate::http::body::{discard, read_limited};
 use crate::http::classify::options_from_headers;
 use crate::http::AppState;
 use crate::service::Service;
@@ -213,20 +214,19 @@ async fn run(
     req: Request,
     arrival: Instant,
 ) -> Result<(Response, String, bool), ServeError> {
-    let model = resolve_model(&svc, &params)?;
-    let mut opts = options_from_headers(req.headers())?;
-    let headers = req.headers().clone();
     let limit = st.max_body_bytes;
-    let body = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("length limit") || msg.contains("too large") {
-                ServeError::BodyTooLarge { limit }
-            } else {
-                bad("body", format!("reading the body: {msg}"))
-            }
-        })?;
+    let (parts, body) = req.into_parts();
+    let early = resolve_model(&svc, &params)
+        .and_then(|model| Ok((model, options_from_headers(&parts.headers)?)));
+    let (model, mut opts) = match early {
+        Ok(v) => v,
+        Err(e) => {
+            discard(body, limit).await;
+            return Err(e);
+        }
+    };
+    let headers = parts.headers;
+    let body = read_limited(body, limit, |msg| bad("body", msg)).await?;
     let (head, raw) = binary::split_body(&headers, body)?;
     let ir: InferRequest = serde_json::from_slice(&head)
         .map_err(|e| bad("body", format!("not a valid inference request: {e}")))?;
@@ -373,7 +373,10 @@ async fn infer(
     let arrival = Instant::now();
     let svc = match st.ready_service() {
         Ok(s) => s.clone(),
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            discard(req.into_body(), st.max_body_bytes).await;
+            return e.into_response();
+        }
     };
     match run(&st, svc.clone(), params, req, arrival).await {
         Ok((response, variant, met)) => {

@@ -1,0 +1,47 @@
+//! Reading request bodies under the size limit, for every HTTP handler that takes one.
+
+use crate::error::ServeError;
+use axum::body::{Body, Bytes};
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+/// The whole body, or `BodyTooLarge` (after discarding the rest) once it passes `limit` bytes.
+/// A failure to read the body becomes `on_error(message)`.
+pub async fn read_limited(
+    mut body: Body,
+    limit: usize,
+    on_error: impl FnOnce(String) -> ServeError,
+) -> Result<Bytes, ServeError> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Err(on_error(format!("reading the body: {e}"))),
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                discard(body, limit).await;
+                return Err(ServeError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and drops the rest of a request body, at most `max` bytes and for at most 2 s, before
+/// an early error is answered. Otherwise the server closes the connection with unread data, the
+/// kernel answers the still-uploading client with a reset, and the client may see a broken
+/// connection instead of the error.
+pub async fn discard(mut body: Body, max: usize) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
