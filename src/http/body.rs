@@ -29,6 +29,22 @@ pub async fn read_limited(
     Ok(Bytes::from(buf))
 }
 
+/// The outcome of the checks made before reading the body, with the body still unread; on an
+/// error, the body is discarded first (see `discard`).
+pub async fn checked_before_body<T>(
+    early: Result<T, ServeError>,
+    body: Body,
+    max: usize,
+) -> Result<(T, Body), ServeError> {
+    match early {
+        Ok(v) => Ok((v, body)),
+        Err(e) => {
+            discard(body, max).await;
+            Err(e)
+        }
+    }
+}
+
 /// Reads and drops the rest of a request body, at most `max` bytes and for at most 2 s, before
 /// an early error is answered. Otherwise the server closes the connection with unread data, the
 /// kernel answers the still-uploading client with a reset, and the client may see a broken

@@ -1,6 +1,6 @@
 //! `POST /classify`: the raw image as the body, or multipart field `image`.
 
-use super::body::{discard, read_limited};
+use super::body::{checked_before_body, discard, read_limited};
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
@@ -120,13 +120,7 @@ pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
                     reason: e.body_text(),
                 })
         });
-        let (opts, params) = match early {
-            Ok(v) => v,
-            Err(e) => {
-                discard(body, st.max_body_bytes).await;
-                return Err(e);
-            }
-        };
+        let ((opts, params), body) = checked_before_body(early, body, st.max_body_bytes).await?;
         let bytes = read_image(Request::from_parts(parts, body), st.max_body_bytes).await?;
         svc.classify(bytes, &opts, params.top_k.unwrap_or(5), arrival)
             .await

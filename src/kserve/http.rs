@@ -7,7 +7,7 @@ use super::model::{self, Kind, Model, VERSION};
 use super::stats::ModelStats;
 use super::types::{InferRequest, InferResponse, ModelMetadata, ResponseOutput, ServerMetadata};
 use crate::error::ServeError;
-use crate::http::body::{discard, read_limited};
+use crate::http::body::{checked_before_body, discard, read_limited};
 use crate::http::classify::options_from_headers;
 use crate::http::AppState;
 use crate::service::Service;
@@ -218,13 +218,7 @@ async fn run(
     let (parts, body) = req.into_parts();
     let early = resolve_model(&svc, &params)
         .and_then(|model| Ok((model, options_from_headers(&parts.headers)?)));
-    let (model, mut opts) = match early {
-        Ok(v) => v,
-        Err(e) => {
-            discard(body, limit).await;
-            return Err(e);
-        }
-    };
+    let ((model, mut opts), body) = checked_before_body(early, body, limit).await?;
     let headers = parts.headers;
     let body = read_limited(body, limit, |msg| bad("body", msg)).await?;
     let (head, raw) = binary::split_body(&headers, body)?;
