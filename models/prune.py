@@ -44,6 +44,14 @@ def _sample_rows(t: torch.Tensor, n_rows: int, gen: torch.Generator) -> torch.Te
     return flat[idx]
 
 
+def _sample_pairs(a: torch.Tensor, t: torch.Tensor, n_rows: int, gen: torch.Generator):
+    """`_sample_rows` of `a` and `t` at the same positions (inputs and targets of a regression)."""
+    gen_state = gen.get_state()
+    A = _sample_rows(a, n_rows, gen)
+    gen.set_state(gen_state)
+    return A, _sample_rows(t, n_rows, gen)
+
+
 def _slice_conv(conv: PConv, out_idx=None, in_idx=None, depthwise=False) -> PConv:
     new = copy.deepcopy(conv)
     w, b = conv.weight.data, conv.bias.data
@@ -194,9 +202,7 @@ def _projection_problem(blk: Block, x: torch.Tensor, n_rows: int, gen: torch.Gen
     a = _run_chunks(blk.inner, x)
     tgt = _run_chunks(blk.project, a)
     gen_state = gen.get_state()
-    A = _sample_rows(a, n_rows, gen)
-    gen.set_state(gen_state)
-    T = _sample_rows(tgt, n_rows, gen)
+    A, T = _sample_pairs(a, tgt, n_rows, gen)
     gen.set_state(gen_state)
     wp = blk.project.weight.data[:, :, 0, 0]
     return A, T, tgt, torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
@@ -363,10 +369,7 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
                 tgt = x_full_next - x_pr if blk.skip else x_full_next
             else:
                 tgt = _run_chunks(blk.project, a)
-            gen_state = gen.get_state()
-            A = _sample_rows(a, n_rows, gen)
-            gen.set_state(gen_state)
-            T = _sample_rows(tgt, n_rows, gen)
+            A, T = _sample_pairs(a, tgt, n_rows, gen)
             del tgt, a
             W0 = torch.cat([wp, blk.project.bias.data[:, None]], 1).t()
             keep_idx, W = obs_select(A, T, W0, keep, ridge)
@@ -383,10 +386,7 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
             tgt = x_full_next - x_pr if blk.skip else x_full_next
         else:  # local: the unpruned projection applied to this block's own (pruned-net) activations
             tgt = _run_chunks(blk.project, a)
-        gen_state = gen.get_state()
-        A = _sample_rows(a[:, keep_idx], n_rows, gen)
-        gen.set_state(gen_state)
-        T = _sample_rows(tgt, n_rows, gen)
+        A, T = _sample_pairs(a[:, keep_idx], tgt, n_rows, gen)
         del tgt
         A_drop_mean = a[:, drop_idx].mean(dim=(0, 2, 3))
         del a
