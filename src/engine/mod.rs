@@ -1,7 +1,9 @@
 //! The inference engine behind a small trait, so the batcher and the
 //! transports can be tested with a fake engine. All tract calls live in
-//! `tract.rs`.
+//! `tract.rs` and `dequant.rs` (which edits the ONNX graph before tract
+//! builds plans from it).
 
+pub mod dequant;
 pub mod fake;
 pub mod tract;
 

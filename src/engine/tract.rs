@@ -126,9 +126,11 @@ impl TractEngine {
             }
             let rss_before = crate::memory::trimmed_resident_bytes();
             let t0 = Instant::now();
-            let proto = tract_onnx::onnx()
+            let mut proto = tract_onnx::onnx()
                 .proto_model_for_path(&path)
                 .with_context(|| format!("parsing {}", path.display()))?;
+            super::dequant::fold_constant_dequantize(&mut proto)
+                .with_context(|| format!("dequantizing the weights of {}", path.display()))?;
             let mut plans = Vec::new();
             for &b in &sizes {
                 let plan = build_plan(&proto, spec, b)
