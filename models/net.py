@@ -65,12 +65,24 @@ class Block(nn.Module):
 
 
 class LiteNet(nn.Module):
-    def __init__(self, stem, blocks, head, fc):
+    """`size`: None runs on the 224 x 224 input as given; an int first resizes it to size x size
+    (bilinear, half-pixel centres, no antialiasing: what ONNX `Resize` computes, exported as such),
+    so a variant can run at a lower resolution behind the same preprocessing as the others."""
+
+    def __init__(self, stem, blocks, head, fc, size: int | None = None):
         super().__init__()
         self.stem, self.blocks, self.head, self.fc = stem, nn.ModuleList(blocks), head, fc
+        self.size = size
+
+    def embed(self, x):
+        """Resize (if `size` is set) and stem conv: the input of the first block."""
+        size = getattr(self, "size", None)  # LiteNets pickled before `size` existed
+        if size is not None and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return self.stem(x)
 
     def features(self, x):
-        x = self.stem(x)
+        x = self.embed(x)
         for b in self.blocks:
             x = b(x)
         return self.head(x)
@@ -130,6 +142,55 @@ def export_onnx(model: nn.Module, path, opset: int = 13) -> None:
         do_constant_folding=True,
         dynamo=False,
     )
+    if getattr(model, "size", None) is not None:
+        static_resize(path)
+
+
+def static_resize(path) -> None:
+    """Give the exported `Resize` constant scales [1, 1, s, s] instead of the sizes the exporter
+    computes from the input's shape (Shape/Slice/Concat), so shapes stay static past it."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    (rz,) = [n for n in g.node if n.op_type == "Resize"]
+    assert rz.input[0] == "input" and not rz.input[2], rz
+    sizes = _constant_sizes(g, rz.input[3])
+    s = np.float32(sizes[-1]) / np.float32(224)
+    assert int(np.float32(224) * s) == sizes[-1], (sizes, s)  # ONNX: floor(224 * s)
+    name = "resize_scales"
+    g.initializer.append(numpy_helper.from_array(np.array([1, 1, s, s], np.float32), name))
+    del rz.input[3]
+    rz.input[2] = name
+    _drop_dead(g)
+    del g.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _constant_sizes(g, name) -> list[int]:
+    """The constant tail of the exporter's Concat(Slice(Shape(input)), Constant([h, w]))."""
+    from onnx import numpy_helper
+
+    (cat,) = [n for n in g.node if name in n.output]
+    assert cat.op_type == "Concat", cat
+    consts = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
+    tail = consts[cat.input[1]].attribute[0].t
+    return [int(v) for v in numpy_helper.to_array(tail)]
+
+
+def _drop_dead(g) -> None:
+    """Remove nodes whose outputs nothing uses (repeatedly)."""
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            g.node.remove(n)
 
 
 def fuse_pads(path) -> None:
@@ -171,14 +232,7 @@ def fuse_pads(path) -> None:
         conv.attribute.append(helper.make_attribute("pads", new))
         conv.input[0] = n.input[0]
         g.node.remove(n)
-    # drop nodes whose outputs are no longer used
-    while True:
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
+    _drop_dead(g)
     del g.value_info[:]
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)

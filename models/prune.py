@@ -162,7 +162,7 @@ def _inner_channel_macs(model: LiteNet) -> list[int | None]:
     out = []
     x = torch.zeros(1, 3, 224, 224)
     with torch.no_grad():
-        x = model.stem(x)
+        x = model.embed(x)
         for blk in model.blocks:
             a = blk.inner(x)
             if blk.expand is None:
@@ -216,7 +216,7 @@ def removal_costs(model: LiteNet, xs: torch.Tensor, max_ratio: float = 0.75, n_r
     per_ch = _inner_channel_macs(model)
     total = _total_macs(model)
     items = []
-    x = _run_chunks(model.stem, xs)
+    x = _run_chunks(model.embed, xs)
     for bi, blk in enumerate(model.blocks):
         x_next = _run_chunks(blk, x)
         if per_ch[bi] is not None:
@@ -251,7 +251,7 @@ def sensitivities(model: LiteNet, xs: torch.Tensor, xs_eval: torch.Tensor, level
     """
     gen = torch.Generator().manual_seed(seed)
     ref = model(xs_eval).log_softmax(1)
-    x, e = _run_chunks(model.stem, xs), _run_chunks(model.stem, xs_eval)
+    x, e = _run_chunks(model.embed, xs), _run_chunks(model.embed, xs_eval)
     out = {}
     for bi, blk in enumerate(model.blocks):
         if blk.expand is not None:
@@ -348,7 +348,7 @@ def prune(model: LiteNet, xs: torch.Tensor, ratio, n_rows: int = 60000, ridge: f
     model = model.eval()
     pruned = copy.deepcopy(model)
     keeps = keeps or block_keep_counts(model, ratio)
-    x_full = _run_chunks(model.stem, xs)
+    x_full = _run_chunks(model.embed, xs)
     x_pr = x_full  # shared until the first pruned block (saves memory with many inputs)
     for bi, (blk, keep) in enumerate(zip(model.blocks, keeps)):
         x_full_next = _run_chunks(blk, x_full)
@@ -461,7 +461,7 @@ def distill(student: LiteNet, teacher: LiteNet, xs: torch.Tensor, epochs: int = 
 def _taps(model: LiteNet, x: torch.Tensor):
     """Block outputs (residual stream after every MBConv block), pre-pooling features, logits."""
     feats = []
-    x = model.stem(x)
+    x = model.embed(x)
     for b in model.blocks:
         x = b(x)
         feats.append(x)
@@ -520,7 +520,8 @@ def mix_batch(imgs: list[torch.Tensor], n: int, gen: torch.Generator, scale=(0.2
 def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: int = 600, batch: int = 32,
           lr: float = 5e-4, wd: float = 1e-5, temperature: float = 3.0, w_feat: float = 1.0,
           w_kl: float = 1.0, scale=(0.25, 1.0), p_mix: float = 0.5, seed: int = 0, log=print,
-          eval_fn=None, eval_every: int = 0, relative_lr: bool = False) -> LiteNet:
+          eval_fn=None, eval_every: int = 0, relative_lr: bool = False,
+          feat_teacher: LiteNet | None = None) -> LiteNet:
     """Function-matching distillation of the pruned student from the full teacher.
 
     Every step draws a fresh batch (random resized crops + flips + mixup/cutmix of `imgs`, the
@@ -530,11 +531,14 @@ def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: i
     (weight w_feat), + KL(teacher || student) of the logits at `temperature` x T^2 (weight w_kl).
     AdamW, linear warm-up (5 %) then cosine decay to 0. relative_lr: the learning rate of every
     tensor is `lr` times its RMS, so a step changes small and large weights alike in relative terms.
+    feat_teacher: the model whose taps the student's are matched to, when the student runs at
+    another resolution than `teacher` (the unpruned model at the student's `size`); the logits
+    still come from `teacher`.
     """
     gen = torch.Generator().manual_seed(seed)
-    teacher = teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    for m in (teacher, feat_teacher):
+        for p in m.eval().parameters() if m is not None else ():
+            p.requires_grad_(False)
     student = copy.deepcopy(student).train()
     params = list(student.parameters())
     if relative_lr:  # one group per tensor, lr scaled by the tensor's RMS (BN-folded weights differ in scale)
@@ -552,7 +556,10 @@ def mimic(student: LiteNet, teacher: LiteNet, imgs: list[torch.Tensor], steps: i
     for step in range(steps):
         xb = mix_batch(imgs, batch, gen, scale, p_mix)
         with torch.no_grad():
-            tf, tl = _taps(teacher, xb)
+            if feat_teacher is None:
+                tf, tl = _taps(teacher, xb)
+            else:
+                tf, tl = _taps(feat_teacher, xb)[0], teacher(xb)
         sf, sl = _taps(student, xb)
         lf = sum(F.mse_loss(s, q) / q.pow(2).mean().clamp_min(1e-6) for s, q in zip(sf, tf)) / len(sf)
         lk = F.kl_div(F.log_softmax(sl / t, 1), F.log_softmax(tl / t, 1), log_target=True,
