@@ -8,6 +8,7 @@
 //! model's plan: the file stays 4× smaller and the speed is full's. The
 //! arithmetic is tract's own: `(f32(q) - f32(zero_point)) * scale`.
 
+use super::tract::f32_values;
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
@@ -123,14 +124,6 @@ fn dequantize(
             let sc = s[if s.len() == 1 { 0 } else { c }];
             (v - z) * sc
         })
-        .collect())
-}
-
-fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.cast_to::<f32>()?
-        .to_plain_array_view::<f32>()?
-        .iter()
-        .copied()
         .collect())
 }
 

@@ -190,13 +190,18 @@ impl Engine for TractEngine {
         let side = ((per_image / 3) as f64).sqrt() as usize;
         let x = tract_ndarray::Array4::from_shape_vec((batch, 3, side, side), input)?.into_tensor();
         let mut out = plan.run(tvec![x.into()])?;
-        let logits = out.remove(0).into_tensor();
-        Ok(logits
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
+        f32_values(&out.remove(0).into_tensor())
     }
+}
+
+/// A tensor's values as f32, in row-major order (no copy before the
+/// collect when it already holds f32).
+pub(super) fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.cast_to::<f32>()?
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .copied()
+        .collect())
 }
 
 #[cfg(test)]
