@@ -1,5 +1,6 @@
 //! Command line and environment configuration (every flag has an `env`).
 
+use crate::engine::tract::KernelChoice;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,99 @@ pub enum Command {
     Eval(EvalArgs),
     /// Probe a running server's readiness (for container health checks); exit 0 when ready.
     Healthcheck(HealthcheckArgs),
+    /// Write the manifest the server would infer for an ONNX model (`manifest init model.onnx`).
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Read an ONNX image classifier and write its variants.toml (names, shapes, counts, digest, preprocessing) for you to edit.
+    Init(ManifestInitArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManifestInitArgs {
+    /// The ONNX image classifier.
+    pub model: PathBuf,
+    /// Class labels, one per line (written into the manifest relative to it).
+    #[arg(long, env = "SLIMSERVE_LABELS")]
+    pub labels: Option<PathBuf>,
+    /// Variant name (default: the file name without `.onnx`).
+    #[arg(long, env = "SLIMSERVE_ONNX_NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+    /// Where to write the manifest (default: variants.toml beside the model; `-` for stdout).
+    #[arg(long, short, env = "SLIMSERVE_MANIFEST_OUT")]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing manifest.
+    #[arg(long, env = "SLIMSERVE_MANIFEST_FORCE")]
+    pub force: bool,
+}
+
+/// Preprocessing of a model served with `--onnx` (or written by `manifest
+/// init`). Unset values: crop and layout from the model's input shape,
+/// shorter side crop / 0.875, torchvision's ImageNet mean/std, RGB.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PreprocessArgs {
+    /// Resize the image's shorter side to this many pixels before the centre crop (default: crop / 0.875, e.g. 256 for 224).
+    #[arg(long, env = "SLIMSERVE_RESIZE_SHORTER")]
+    pub resize_shorter: Option<u32>,
+    /// Side of the square centre crop, the model's input size (default: read from the model's input shape).
+    #[arg(long, env = "SLIMSERVE_CROP")]
+    pub crop: Option<u32>,
+    /// Per-channel mean subtracted, in 0..255 units, one value or three in the model's channel order (default: 123.675,116.28,103.53).
+    #[arg(
+        long,
+        env = "SLIMSERVE_MEAN",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub mean: Vec<f32>,
+    /// Per-channel divisor, in 0..255 units, one value or three (default: 58.395,57.12,57.375).
+    #[arg(long, env = "SLIMSERVE_STD", value_delimiter = ',')]
+    pub std: Vec<f32>,
+    /// Input tensor layout, NCHW or NHWC (default: read from the model's input shape).
+    #[arg(long, env = "SLIMSERVE_LAYOUT")]
+    pub layout: Option<crate::manifest::Layout>,
+    /// Channel order of the input tensor, RGB or BGR (default: RGB).
+    #[arg(long, env = "SLIMSERVE_COLOR")]
+    pub color: Option<crate::manifest::Color>,
+}
+
+impl PreprocessArgs {
+    fn channels(flag: &str, v: &[f32]) -> anyhow::Result<Option<[f32; 3]>> {
+        match v {
+            [] => Ok(None),
+            [x] => Ok(Some([*x; 3])),
+            [a, b, c] => Ok(Some([*a, *b, *c])),
+            _ => anyhow::bail!(
+                "--{flag}: give one value or three (comma separated), not {}",
+                v.len()
+            ),
+        }
+    }
+
+    pub fn patch(&self) -> anyhow::Result<crate::manifest::PreprocessPatch> {
+        Ok(crate::manifest::PreprocessPatch {
+            resize_shorter: self.resize_shorter,
+            crop: self.crop,
+            mean: Self::channels("mean", &self.mean)?,
+            std: Self::channels("std", &self.std)?,
+            layout: self.layout,
+            color: self.color,
+        })
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.resize_shorter.is_some()
+            || self.crop.is_some()
+            || !self.mean.is_empty()
+            || !self.std.is_empty()
+            || self.layout.is_some()
+            || self.color.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -35,6 +129,61 @@ pub struct ModelArgs {
     /// Variants to load, comma separated (default: all in the manifest).
     #[arg(long, env = "SLIMSERVE_VARIANTS", value_delimiter = ',')]
     pub variants: Vec<String>,
+    /// Convolution kernels: the project's channel-last ones (`fast`, on the
+    /// best instruction set the CPU has), tract's (`stock`), or per variant
+    /// and batch size whichever ran faster at load (`auto`: builds and times
+    /// both, ~1 s more load time per variant).
+    #[arg(long, env = "SLIMSERVE_KERNELS", value_enum, default_value = "fast")]
+    pub kernels: KernelChoice,
+    /// Serve one ONNX image classifier with no manifest (instead of --models): input/output names, shape, layout, counts and digest are read from the file; accuracy is unknown.
+    #[arg(long, env = "SLIMSERVE_ONNX")]
+    pub onnx: Option<PathBuf>,
+    /// With --onnx: class labels, one per line (default: answers name classes by index).
+    #[arg(long, env = "SLIMSERVE_LABELS", requires = "onnx")]
+    pub labels: Option<PathBuf>,
+    /// With --onnx: the variant's name (default: the file name without `.onnx`).
+    #[arg(long, env = "SLIMSERVE_ONNX_NAME", requires = "onnx")]
+    pub name: Option<String>,
+    /// With --onnx: how images become the model's input.
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+impl ModelArgs {
+    /// The manifest file, or the single ONNX model with its options.
+    pub fn source(&self) -> anyhow::Result<crate::manifest::Source> {
+        use crate::manifest::Source;
+        match &self.onnx {
+            Some(model) => Ok(Source::Onnx {
+                model: model.clone(),
+                labels: self.labels.clone(),
+                name: self.name.clone(),
+                preprocess: self.preprocess.patch()?,
+            }),
+            None if self.preprocess.is_set() => anyhow::bail!(
+                "the preprocessing flags (--crop, --mean, ...) apply to --onnx; with a manifest, edit its [preprocess] table"
+            ),
+            None => Ok(Source::Manifest(self.models.clone())),
+        }
+    }
+
+    /// Load the manifest (or infer it for --onnx).
+    pub fn manifest(&self) -> anyhow::Result<crate::manifest::Manifest> {
+        crate::manifest::Manifest::from_source(&self.source()?)
+    }
+
+    /// The bundled manifest, all variants (tests and defaults).
+    pub fn bundled(variants: &[&str]) -> ModelArgs {
+        ModelArgs {
+            models: crate::manifest::bundled_models_dir(),
+            variants: variants.iter().map(|s| s.to_string()).collect(),
+            onnx: None,
+            labels: None,
+            name: None,
+            preprocess: PreprocessArgs::default(),
+            kernels: KernelChoice::Fast,
+        }
+    }
 }
 
 pub fn default_workers() -> usize {
@@ -100,6 +249,71 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM/SIGINT.
     #[arg(long, env = "SLIMSERVE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Connection limits and timeouts of both listeners (README: "Connection
+/// limits and timeouts").
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// Open connections at most, over both listeners (also capped by the
+    /// open-file limit). At the limit a new connection evicts the oldest one
+    /// without a request in progress, or is closed at once.
+    #[arg(long, env = "SLIMSERVE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Milliseconds a new connection has to send a complete request head
+    /// (HTTP/1), or to start HTTP/2; on keep-alive connections, counted from
+    /// the first byte of the next head.
+    #[arg(long, env = "SLIMSERVE_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+    /// Longest a request body may take to arrive, in milliseconds; a body is
+    /// also cut at the request's own deadline (its latency budget).
+    #[arg(long, env = "SLIMSERVE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Milliseconds a connection without a request in progress stays open
+    /// (HTTP/1 keep-alive, HTTP/2 and gRPC without open streams).
+    #[arg(long, env = "SLIMSERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 (gRPC and h2c on the HTTP port): concurrent streams per connection.
+    #[arg(
+        long,
+        env = "SLIMSERVE_H2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 64
+    )]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: seconds between keep-alive pings sent to an idle-looking peer (0: none).
+    #[arg(
+        long,
+        env = "SLIMSERVE_H2_KEEPALIVE_INTERVAL_SECS",
+        default_value_t = 30
+    )]
+    pub h2_keepalive_interval_secs: u64,
+    /// HTTP/2: seconds to wait for a ping's answer before closing the connection.
+    #[arg(
+        long,
+        env = "SLIMSERVE_H2_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub h2_keepalive_timeout_secs: u64,
+    /// HTTP/2: largest header block accepted, in bytes.
+    #[arg(long, env = "SLIMSERVE_H2_MAX_HEADER_LIST_BYTES", default_value_t = 16 << 10)]
+    pub h2_max_header_list_bytes: u32,
+}
+
+impl Default for ConnArgs {
+    fn default() -> Self {
+        ConnArgs {
+            max_connections: 10_000,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            h2_max_concurrent_streams: 64,
+            h2_keepalive_interval_secs: 30,
+            h2_keepalive_timeout_secs: 10,
+            h2_max_header_list_bytes: 16 << 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -120,6 +334,10 @@ pub struct BenchArgs {
     /// Seconds of measurement per (variant, batch size, workers) cell.
     #[arg(long, env = "SLIMSERVE_BENCH_SECONDS", default_value_t = 3.0)]
     pub seconds: f64,
+    /// Also time every op of the batch-1 plan, stock and fast kernels
+    /// (median of this many runs; 0: no profile).
+    #[arg(long, env = "SLIMSERVE_BENCH_PROFILE_RUNS", default_value_t = 0)]
+    pub profile_runs: usize,
     /// Where to write the JSON results.
     #[arg(long, env = "SLIMSERVE_BENCH_JSON", default_value = "bench.json")]
     pub json: PathBuf,
@@ -153,4 +371,21 @@ pub struct HealthcheckArgs {
     /// Seconds before giving up.
     #[arg(long, env = "SLIMSERVE_HEALTHCHECK_TIMEOUT_SECS", default_value_t = 3)]
     pub timeout_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_defaults_match_the_flags() {
+        let cli = Cli::try_parse_from(["slimserve", "serve"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            format!("{:?}", a.conn),
+            format!("{:?}", ConnArgs::default())
+        );
+    }
 }

@@ -54,6 +54,14 @@ pub enum ServeError {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the request body had not arrived after {waited_ms:.0} ms (the request's deadline, or the server's limit); the request is dropped")]
+    BodyTimeout { waited_ms: f64 },
+    #[error("inference failed: {0}")]
+    InferenceFailed(String),
+    #[error(
+        "inference is unavailable: every worker is being replaced after engine faults, retry later"
+    )]
+    WorkersFailing,
 }
 
 /// gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html).
@@ -101,6 +109,9 @@ impl ServeError {
             NotReady => (503, Unavailable, "not_ready"),
             ShuttingDown => (503, Unavailable, "shutting_down"),
             Internal(_) => (500, GrpcCode::Internal, "internal"),
+            BodyTimeout { .. } => (408, DeadlineExceeded, "body_timeout"),
+            InferenceFailed(_) => (500, GrpcCode::Internal, "inference_failed"),
+            WorkersFailing => (503, Unavailable, "inference_unavailable"),
         }
     }
 
@@ -116,13 +127,73 @@ impl ServeError {
         self.table().2
     }
 
+    /// One error of each kind, for the documents that list them (the
+    /// OpenAPI description's error body). A new variant fails to compile
+    /// in `every_kind_is_listed` below until it is added here.
+    pub fn examples() -> Vec<ServeError> {
+        use ServeError::*;
+        let s = String::new;
+        vec![
+            EmptyBody,
+            BodyTooLarge { limit: 0 },
+            UnsupportedMediaType(s()),
+            UnknownImageFormat,
+            BadImage(s()),
+            ImageTooLarge {
+                width: 0,
+                height: 0,
+                pixels: 0,
+                limit: 0,
+            },
+            BadMultipart(s()),
+            UnknownVariant {
+                name: s(),
+                valid: vec![],
+            },
+            UnknownModel { name: s() },
+            NoSuchEndpoint,
+            BadHeader {
+                name: "",
+                reason: s(),
+            },
+            BadParameter {
+                name: "",
+                reason: s(),
+            },
+            NoVariantAccurateEnough {
+                min: 0.0,
+                best: 0.0,
+            },
+            QueueFull { capacity: 0 },
+            BudgetUnmeetable {
+                budget_ms: 0.0,
+                best_ms: 0.0,
+                variant: s(),
+            },
+            DeadlineExpired {
+                budget_ms: 0.0,
+                waited_ms: 0.0,
+            },
+            AnswerLate {
+                budget_ms: 0.0,
+                took_ms: 0.0,
+            },
+            NotReady,
+            ShuttingDown,
+            Internal(s()),
+            BodyTimeout { waited_ms: 0.0 },
+            InferenceFailed(s()),
+            WorkersFailing,
+        ]
+    }
+
     /// How long a client should wait before retrying, for the 503 answers.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ServeError::QueueFull { .. } | ServeError::BudgetUnmeetable { .. } => {
                 Some(Duration::from_secs(1))
             }
-            ServeError::NotReady => Some(Duration::from_secs(5)),
+            ServeError::NotReady | ServeError::WorkersFailing => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -175,6 +246,49 @@ mod tests {
             took_ms: 6.0,
         };
         assert_eq!((late.http_status(), late.grpc_code() as i32), (504, 4));
+    }
+
+    /// Exhaustive on purpose (no `_` arm): a new error variant must be
+    /// added to `examples`, or the documents listing the kinds drift.
+    fn every_kind_is_listed(e: &ServeError) -> bool {
+        use ServeError::*;
+        match e {
+            EmptyBody
+            | BodyTooLarge { .. }
+            | UnsupportedMediaType(_)
+            | UnknownImageFormat
+            | BadImage(_)
+            | ImageTooLarge { .. }
+            | BadMultipart(_)
+            | UnknownVariant { .. }
+            | UnknownModel { .. }
+            | NoSuchEndpoint
+            | BadHeader { .. }
+            | BadParameter { .. }
+            | NoVariantAccurateEnough { .. }
+            | QueueFull { .. }
+            | BudgetUnmeetable { .. }
+            | DeadlineExpired { .. }
+            | AnswerLate { .. }
+            | NotReady
+            | ShuttingDown
+            | Internal(_)
+            | BodyTimeout { .. }
+            | InferenceFailed(_)
+            | WorkersFailing => true,
+        }
+    }
+
+    #[test]
+    fn examples_hold_one_error_of_each_kind() {
+        let ex = ServeError::examples();
+        let mut kinds: Vec<&str> = ex.iter().map(ServeError::kind).collect();
+        assert!(ex.iter().all(every_kind_is_listed));
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), ex.len(), "two examples of one kind");
+        // The arms of the exhaustive match above, counted by hand.
+        assert_eq!(ex.len(), 23);
     }
 
     #[test]

@@ -4,8 +4,7 @@
 use crate::config::{default_workers, EvalArgs};
 use crate::engine::tract::TractEngine;
 use crate::engine::{top_k, Engine};
-use crate::manifest::Manifest;
-use crate::preprocess::{preprocess, DecodeLimits};
+use crate::preprocess::{decode, tensor, DecodeLimits};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -34,29 +33,32 @@ pub fn labelled_images(dir: &Path, synsets: &Path) -> Result<Vec<(PathBuf, usize
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let manifest = Manifest::load(&args.model.models)?;
+    let manifest = args.model.manifest()?;
     let synsets = args
         .synsets
         .clone()
         .unwrap_or_else(|| args.images.join("..").join("synsets.txt"));
     let images = labelled_images(&args.images, &synsets)?;
-    let (engine, specs) = TractEngine::load(&manifest, &args.model.variants, &[1])?;
+    let (engine, specs) =
+        TractEngine::load(&manifest, &args.model.variants, &[1], args.model.kernels)?;
     let threads = default_workers();
     // hits[v] = (top1, top5)
     let hits: Vec<Vec<(bool, bool)>> = std::thread::scope(|s| {
         let hs: Vec<_> = images
             .chunks(images.len().div_ceil(threads))
             .map(|chunk| {
-                let (engine, manifest) = (&engine, &manifest);
+                let (engine, specs) = (&engine, &specs);
                 s.spawn(move || -> Result<Vec<Vec<(bool, bool)>>> {
                     let mut per_image = Vec::new();
                     for (path, class) in chunk {
                         let bytes = std::fs::read(path)?;
-                        let x = preprocess(&bytes, &manifest.preprocess, DecodeLimits::default())
+                        let img = decode(&bytes, DecodeLimits::default())
                             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                         let mut row = Vec::new();
-                        for v in 0..engine.num_variants() {
-                            let top = top_k(&engine.infer(v, 1, x.clone())?, 5);
+                        for (v, spec) in specs.iter().enumerate() {
+                            let x = tensor(&img, &spec.preprocess)
+                                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                            let top = top_k(&engine.infer(v, 1, x)?, 5);
                             row.push((top[0].0 == *class, top.iter().any(|t| t.0 == *class)));
                         }
                         per_image.push(row);
@@ -79,12 +81,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let n = hits.len() as f64;
         let t1 = hits.iter().filter(|r| r[v].0).count() as f64 / n;
         let t5 = hits.iter().filter(|r| r[v].1).count() as f64 / n;
+        let given = spec
+            .top1
+            .map_or_else(|| "unknown".to_string(), |a| format!("{:.1}%", a * 100.0));
         println!(
-            "{:<8} {:>6.1}% {:>6.1}% {:>13.1}%",
+            "{:<8} {:>6.1}% {:>6.1}% {:>14}",
             spec.name,
             t1 * 100.0,
             t5 * 100.0,
-            spec.top1 * 100.0
+            given
         );
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metrics;
 pub mod preprocess;
+pub mod recent;
 pub mod routing;
 pub mod server;
 pub mod service;

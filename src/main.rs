@@ -1,5 +1,5 @@
 use clap::Parser;
-use slimserve::config::{Cli, Command};
+use slimserve::config::{Cli, Command, ManifestCommand};
 use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
@@ -28,7 +28,58 @@ fn main() -> anyhow::Result<()> {
         Command::Healthcheck(args) => {
             slimserve::server::healthcheck(args.addr, Duration::from_secs(args.timeout_secs))
         }
+        Command::Manifest(ManifestCommand::Init(args)) => manifest_init(&args),
     }
+}
+
+/// `slimserve manifest init model.onnx`: write what the server infers.
+fn manifest_init(args: &slimserve::config::ManifestInitArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let m = slimserve::manifest::Manifest::for_onnx(
+        &args.model,
+        args.labels.as_deref(),
+        args.name.as_deref(),
+        &args.preprocess.patch()?,
+    )?;
+    let text = m.to_toml(&args.model.display().to_string())?;
+    let out = match &args.out {
+        Some(p) if p.as_os_str() == "-" => {
+            print!("{text}");
+            return Ok(());
+        }
+        Some(p) => p.clone(),
+        None => m.dir.join("variants.toml"),
+    };
+    // The manifest names the model (and labels) relative to its own folder.
+    let model_dir = std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone());
+    let out_dir = out
+        .parent()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        })
+        .and_then(|d| std::fs::canonicalize(d).ok());
+    anyhow::ensure!(
+        out_dir.as_deref() == Some(model_dir.as_path()),
+        "{}: write the manifest beside the model ({}), since it names the model file relative to itself, or use --out - to print it",
+        out.display(),
+        m.dir.display()
+    );
+    anyhow::ensure!(
+        args.force || !out.exists(),
+        "{} exists: pass --force to overwrite it",
+        out.display()
+    );
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {} (serve it with: slimserve serve --models {})",
+        out.display(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// Built for x86-64-v3 (AVX2/FMA) by default: refuse clearly on an older CPU

@@ -24,6 +24,17 @@ pub struct Metrics {
     pub variant_resident: IntGaugeVec,
     pub variant_file: IntGaugeVec,
     pub ready: IntGauge,
+    /// Connection layer (`http::conn`), by listener (`http`, `grpc`).
+    pub connections_open: IntGaugeVec,
+    pub connection_limit: IntGauge,
+    pub connections: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub body_timeouts: IntCounterVec,
+    /// Inference workers (`batching::worker`).
+    pub worker_faults: IntCounterVec,
+    pub worker_restarts: IntCounterVec,
+    pub workers_serving: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -166,6 +177,57 @@ impl Metrics {
             "Size on disk of each variant's model file.",
             &["variant"],
         );
+        let connections_open = g(
+            "slimserve_connections_open",
+            "Open client connections, by listener.",
+            &["listener"],
+        );
+        let connection_limit = IntGauge::new(
+            "slimserve_connection_limit",
+            "Open connections allowed over both listeners (--max-connections, capped by the open-file limit).",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(connection_limit.clone()))
+            .expect("unique metric");
+        let connections = c(
+            "slimserve_connections_total",
+            "Accepted TCP connections by listener and outcome (served; refused: at the limit with nothing to evict).",
+            &["listener", "outcome"],
+        );
+        let connections_closed = c(
+            "slimserve_connections_closed_by_server_total",
+            "Connections the server closed, by listener and reason (header_timeout, idle_timeout, evicted).",
+            &["listener", "reason"],
+        );
+        let accept_errors = c(
+            "slimserve_accept_errors_total",
+            "Failed accept() calls by listener and kind (no_fds: EMFILE/ENFILE, other).",
+            &["listener", "kind"],
+        );
+        let body_timeouts = c(
+            "slimserve_body_timeouts_total",
+            "Requests whose body had not arrived by their deadline (or were cut to make room at the connection limit), by listener.",
+            &["listener"],
+        );
+        let worker_faults = c(
+            "slimserve_worker_faults_total",
+            "Batches whose engine call panicked or failed, by variant and kind (panic, error).",
+            &["variant", "kind"],
+        );
+        let worker_restarts = c(
+            "slimserve_worker_restarts_total",
+            "Inference workers replaced after a fault, by outcome of the replacement's probe (ok, failed).",
+            &["outcome"],
+        );
+        let workers_serving = IntGauge::new(
+            "slimserve_workers_serving",
+            "Inference workers taking work (not replaced and re-probing after a fault).",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(workers_serving.clone()))
+            .expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -190,6 +252,15 @@ impl Metrics {
             variant_resident,
             variant_file,
             ready,
+            connections_open,
+            connection_limit,
+            connections,
+            connections_closed,
+            accept_errors,
+            body_timeouts,
+            worker_faults,
+            worker_restarts,
+            workers_serving,
         }
     }
 

@@ -1,11 +1,13 @@
 //! Image decoding and preprocessing, identical to the models pipeline
-//! (`models/common.py`): RGB, shorter side to 256 with Pillow-style
-//! (antialiased, convolution) bilinear, centre crop, (x - mean) / std, NCHW.
+//! (`models/common.py`): RGB, shorter side to `resize_shorter` (256 for the
+//! bundled models) with Pillow-style (antialiased, convolution) bilinear,
+//! centre crop, (x - mean) / std, in the variant's layout (NCHW or NHWC) and
+//! channel order (RGB or BGR).
 //!
 //! Everything here is CPU work: callers run it off the async runtime.
 
 use crate::error::ServeError;
-use crate::manifest::Preprocess;
+use crate::manifest::{Color, Layout, Preprocess};
 use fast_image_resize::{
     images::{Image, ImageRef},
     FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
@@ -141,17 +143,43 @@ pub fn resize_crop(img: &Rgb, spec: &Preprocess) -> Result<Vec<u8>, ServeError> 
     Ok(dst.into_vec())
 }
 
-/// HWC RGB bytes to normalised NCHW floats, appended to `out`.
+/// HWC RGB bytes to normalised floats in the spec's layout and channel
+/// order, appended to `out`. `mean` and `std` are per channel of the
+/// output (for BGR, `mean[0]` is blue's).
 pub fn normalize_into(crop: &[u8], spec: &Preprocess, out: &mut Vec<f32>) {
     let plane = crop.len() / 3;
     let start = out.len();
     out.resize(start + crop.len(), 0.0);
     let dst = &mut out[start..];
-    for (i, px) in crop.chunks_exact(3).enumerate() {
-        for ch in 0..3 {
-            dst[ch * plane + i] = (px[ch] as f32 - spec.mean[ch]) / spec.std[ch];
+    // Source channel of each output channel.
+    let src: [usize; 3] = match spec.color {
+        Color::RGB => [0, 1, 2],
+        Color::BGR => [2, 1, 0],
+    };
+    match spec.layout {
+        Layout::NCHW => {
+            for (i, px) in crop.chunks_exact(3).enumerate() {
+                for ch in 0..3 {
+                    dst[ch * plane + i] = (px[src[ch]] as f32 - spec.mean[ch]) / spec.std[ch];
+                }
+            }
+        }
+        Layout::NHWC => {
+            for (d, px) in dst.chunks_exact_mut(3).zip(crop.chunks_exact(3)) {
+                for ch in 0..3 {
+                    d[ch] = (px[src[ch]] as f32 - spec.mean[ch]) / spec.std[ch];
+                }
+            }
         }
     }
+}
+
+/// Decoded image to the spec's tensor (one image).
+pub fn tensor(img: &Rgb, spec: &Preprocess) -> Result<Vec<f32>, ServeError> {
+    let crop = resize_crop(img, spec)?;
+    let mut out = Vec::with_capacity(crop.len());
+    normalize_into(&crop, spec, &mut out);
+    Ok(out)
 }
 
 /// The whole path: encoded bytes to one normalised 1×3×crop×crop tensor.
@@ -160,11 +188,7 @@ pub fn preprocess(
     spec: &Preprocess,
     limits: DecodeLimits,
 ) -> Result<Vec<f32>, ServeError> {
-    let img = decode(bytes, limits)?;
-    let crop = resize_crop(&img, spec)?;
-    let mut out = Vec::with_capacity(crop.len());
-    normalize_into(&crop, spec, &mut out);
-    Ok(out)
+    tensor(&decode(bytes, limits)?, spec)
 }
 
 #[cfg(test)]
@@ -173,7 +197,9 @@ mod tests {
     use crate::manifest::{bundled_models_dir, Manifest};
 
     fn spec() -> Preprocess {
-        Manifest::load(&bundled_models_dir()).unwrap().preprocess
+        Manifest::load(&bundled_models_dir()).unwrap().variants[0]
+            .preprocess
+            .clone()
     }
 
     fn testdata(name: &str) -> Vec<u8> {
@@ -276,6 +302,38 @@ mod tests {
         assert_eq!(out[0], 0.0);
         assert_eq!(out[plane], 1.0);
         assert_eq!(out[2 * plane + 5], -127.0 / 128.0);
+    }
+
+    #[test]
+    fn nhwc_and_bgr_reorder_the_same_values() {
+        let mut s = spec();
+        s.mean = [10.0, 20.0, 30.0];
+        s.std = [1.0, 2.0, 4.0];
+        let crop: Vec<u8> = (0..s.crop * s.crop)
+            .flat_map(|i| [(i % 200) as u8, 100, 250])
+            .collect();
+        let plane = (s.crop * s.crop) as usize;
+        let mut nchw = Vec::new();
+        normalize_into(&crop, &s, &mut nchw);
+        s.layout = Layout::NHWC;
+        let mut nhwc = Vec::new();
+        normalize_into(&crop, &s, &mut nhwc);
+        for i in [0, 7, plane - 1] {
+            for ch in 0..3 {
+                assert_eq!(
+                    nhwc[i * 3 + ch],
+                    nchw[ch * plane + i],
+                    "pixel {i} channel {ch}"
+                );
+            }
+        }
+        assert_eq!(nhwc[1], (100.0 - 20.0) / 2.0);
+        s.color = Color::BGR;
+        let mut bgr = Vec::new();
+        normalize_into(&crop, &s, &mut bgr);
+        // Blue first, with the first channel's mean and std.
+        assert_eq!(bgr[0], (250.0 - 10.0) / 1.0);
+        assert_eq!(bgr[2], (0.0 - 30.0) / 4.0);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Routing: among the eligible variants, the most accurate one predicted to
 //! complete within the request's deadline.
 //!
+//! A variant of unknown accuracy (no `top1` in its manifest, e.g. a model
+//! served with `--onnx`) is eligible only when pinned or when every eligible
+//! variant's accuracy is unknown; its route then says `accuracy_unknown`.
+//!
 //! Policy when none can: the fastest eligible variant is tried last (it is
 //! part of the candidate list), and if even it cannot meet the deadline the
 //! request is rejected at once with the best predicted latency, rather than
@@ -10,7 +14,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// Why a request was served by the variant it got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteReason {
     /// The client pinned this variant with `X-Variant`.
@@ -19,6 +23,9 @@ pub enum RouteReason {
     MostAccurate,
     /// A more accurate variant was predicted to miss the budget.
     Downgraded,
+    /// Chosen because no variant of known accuracy is loaded; this one's
+    /// accuracy is unknown.
+    AccuracyUnknown,
 }
 
 impl RouteReason {
@@ -27,6 +34,7 @@ impl RouteReason {
             RouteReason::Pinned => "pinned",
             RouteReason::MostAccurate => "most_accurate",
             RouteReason::Downgraded => "downgraded",
+            RouteReason::AccuracyUnknown => "accuracy_unknown",
         }
     }
 }
@@ -40,15 +48,20 @@ pub struct RouteRequest {
     pub min_top1: Option<f64>,
 }
 
-/// The eligible variants, most accurate first.
-pub fn candidates(top1: &[f64], req: &RouteRequest) -> Vec<usize> {
+/// The eligible variants, most accurate first. Variants of unknown
+/// accuracy (`None`) only when no variant of known accuracy is loaded and
+/// the request sets no minimum accuracy, in manifest order.
+pub fn candidates(top1: &[Option<f64>], req: &RouteRequest) -> Vec<usize> {
     if let Some(p) = req.pinned {
         return vec![p];
     }
     let mut c: Vec<usize> = (0..top1.len())
-        .filter(|v| req.min_top1.is_none_or(|m| top1[*v] >= m))
+        .filter(|v| top1[*v].is_some_and(|a| req.min_top1.is_none_or(|m| a >= m)))
         .collect();
-    c.sort_by(|a, b| top1[*b].total_cmp(&top1[*a]));
+    c.sort_by(|a, b| top1[*b].unwrap_or(0.0).total_cmp(&top1[*a].unwrap_or(0.0)));
+    if req.min_top1.is_none() && top1.iter().all(Option::is_none) {
+        c = (0..top1.len()).collect();
+    }
     c
 }
 
@@ -82,12 +95,15 @@ pub fn choose(
 mod tests {
     use super::*;
 
-    const TOP1: [f64; 3] = [0.75, 0.73, 0.71];
+    const TOP1: [Option<f64>; 3] = [Some(0.75), Some(0.73), Some(0.71)];
 
     #[test]
     fn candidates_are_most_accurate_first_and_filtered() {
         assert_eq!(
-            candidates(&[0.71, 0.75, 0.73], &RouteRequest::default()),
+            candidates(
+                &[Some(0.71), Some(0.75), Some(0.73)],
+                &RouteRequest::default()
+            ),
             vec![1, 2, 0]
         );
         let strict = RouteRequest {
@@ -100,6 +116,28 @@ mod tests {
             min_top1: Some(0.9),
         };
         assert_eq!(candidates(&TOP1, &pinned), vec![2]);
+    }
+
+    #[test]
+    fn unknown_accuracy_is_eligible_only_pinned_or_alone() {
+        let any = RouteRequest::default();
+        let mixed = [Some(0.75), None, Some(0.71)];
+        assert_eq!(candidates(&mixed, &any), vec![0, 2]);
+        let pinned = RouteRequest {
+            pinned: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(candidates(&mixed, &pinned), vec![1]);
+        assert_eq!(candidates(&[None], &any), vec![0]);
+        assert_eq!(candidates(&[None, None], &any), vec![0, 1]);
+        let strict = RouteRequest {
+            min_top1: Some(0.5),
+            ..Default::default()
+        };
+        assert!(
+            candidates(&[None], &strict).is_empty(),
+            "a minimum cannot be checked"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::batching::{Batcher, BatcherConfig};
 use crate::config::{default_workers, ServeArgs};
 use crate::engine::tract::TractEngine;
 use crate::engine::{timed_runs, Engine};
-use crate::http::{self, AppState};
+use crate::http::{self, conn, AppState};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::preprocess::DecodeLimits;
@@ -42,7 +42,12 @@ pub fn build_service(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<Service>> {
     let t0 = Instant::now();
-    let (engine, specs) = TractEngine::load(manifest, &args.model.variants, &args.batch_sizes)?;
+    let (engine, specs) = TractEngine::load(
+        manifest,
+        &args.model.variants,
+        &args.batch_sizes,
+        args.model.kernels,
+    )?;
     for r in &engine.reports {
         metrics
             .variant_resident
@@ -61,14 +66,38 @@ pub fn build_service(
             .with_label_values(&[&s.name])
             .set(s.file_bytes as i64);
     }
+    let service = assemble_service(args, manifest, specs, Arc::new(engine), metrics)?;
+    tracing::info!(
+        ready_after_ms = t0.elapsed().as_millis() as u64,
+        workers = service.batcher.workers(),
+        "ready"
+    );
+    Ok(service)
+}
+
+/// Warm `engine` (serving `specs`, in order) and wire the batcher and the
+/// service around it: the real engine, or the fake one in tests.
+pub fn assemble_service(
+    args: &ServeArgs,
+    manifest: &Manifest,
+    specs: Vec<crate::manifest::VariantSpec>,
+    engine: Arc<dyn Engine>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Service>> {
     let workers = args.workers.unwrap_or_else(default_workers).max(1);
     // Every variant has the same plans (sorted, deduplicated, with 1).
     let plans = engine.batch_sizes(0).to_vec();
-    let engine: Arc<dyn Engine> = Arc::new(engine);
     let mut profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
     profile.freeze_payoff();
     for (i, s) in specs.iter().enumerate() {
         tracing::info!(variant = s.name, predicted_ms = profile.predict(i, 1).as_secs_f64() * 1e3, paying_batch_sizes = ?profile.paying_sizes(i), "warmed");
+    }
+    let labels = manifest.labels_for(engine.num_classes())?;
+    for s in specs.iter().filter(|s| s.top1.is_none()) {
+        tracing::info!(
+            variant = s.name,
+            "accuracy unknown (no top1 in the manifest): routed to only when pinned or the only one eligible"
+        );
     }
     let variants = specs
         .iter()
@@ -107,51 +136,58 @@ pub fn build_service(
         max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
         workers,
     };
-    tracing::info!(
-        ready_after_ms = t0.elapsed().as_millis() as u64,
-        workers,
-        "ready"
-    );
     Ok(Arc::new(Service::new(
-        specs,
-        manifest.labels.clone(),
-        manifest.preprocess.clone(),
-        batcher,
-        metrics,
-        config,
+        specs, labels, batcher, metrics, config,
     )))
 }
 
 /// Serve HTTP on `listener` and gRPC on `grpc` until `shutdown` resolves,
-/// then drain both.
+/// then drain both. Both listeners go through the connection layer
+/// (`http::conn`: connection limit, header, body and idle timeouts).
 pub async fn serve(
     args: ServeArgs,
     listener: TcpListener,
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let manifest = Manifest::load(&args.model.models)?;
+    let manifest = args.model.manifest()?;
+    let load_args = args.clone();
+    let load = move |metrics| build_service(&load_args, &manifest, metrics);
+    serve_with(args, listener, grpc, shutdown, load).await
+}
+
+/// `serve` with the service made by `load` (on the blocking pool, while
+/// the listeners already answer liveness).
+pub async fn serve_with(
+    args: ServeArgs,
+    listener: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    load: impl FnOnce(Arc<Metrics>) -> Result<Arc<Service>> + Send + 'static,
+) -> Result<()> {
+    let (_, nofile, _) = conn::raise_open_file_limit();
     let metrics = Arc::new(Metrics::new());
     let state = AppState::new(metrics.clone(), args.max_body_bytes);
+    let pool = conn::Pool::new(
+        conn::Limits::new(&args.conn, args.default_sla_ms, nofile),
+        metrics.clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful = stop_rx.clone();
-    let server =
-        axum::serve(listener, http::app(state.clone())).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
-    let mut server = tokio::spawn(async move { server.await });
-    let mut grpc_stop = stop_rx.clone();
-    let (health, mut grpc_server) = crate::grpc::start(grpc, state.clone(), async move {
-        let _ = grpc_stop.wait_for(|s| *s).await;
-    })
-    .await;
+    let mut server = tokio::spawn(conn::serve(
+        listener,
+        conn::Protocol::Http,
+        http::app(state.clone()),
+        pool.clone(),
+        stop_rx.clone(),
+    ));
+    let (health, mut grpc_server) =
+        crate::grpc::start(grpc, state.clone(), pool.clone(), stop_rx.clone()).await;
 
-    let load_args = args.clone();
-    let loader = tokio::task::spawn_blocking(move || build_service(&load_args, &manifest, metrics));
+    let loader = tokio::task::spawn_blocking(move || load(metrics));
     let mut stop = stop_rx.clone();
     let loaded = tokio::select! {
         loaded = loader => Some(loaded.context("loading task")??),
@@ -161,8 +197,24 @@ pub async fn serve(
         let _ = state.service.set(svc);
         health.set(true).await;
     }
-    let _ = stop.wait_for(|s| *s).await;
-    tracing::info!("shutting down: draining in-flight requests");
+    // gRPC health follows the workers: NOT_SERVING while none takes work.
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let now = state.ready_service().is_ok();
+        if now != healthy {
+            healthy = now;
+            health.set(now).await;
+        }
+    }
+    let open = pool.open();
+    tracing::info!(
+        open_connections = open,
+        "shutting down: draining in-flight requests"
+    );
     state.draining.store(true, Ordering::SeqCst);
     health.set(false).await;
     let limit = Duration::from_secs(args.shutdown_timeout_secs);
@@ -173,11 +225,14 @@ pub async fn serve(
     };
     match tokio::time::timeout(limit, both).await {
         Ok((http, grpc)) => {
-            http.context("server task")?.context("http server")?;
-            grpc.context("grpc task")?.context("grpc server")?;
+            http.context("http server task")?;
+            grpc.context("grpc server task")?;
         }
         Err(_) => {
-            tracing::warn!("in-flight requests still running after {limit:?}: closing");
+            tracing::warn!(
+                open_connections = pool.open(),
+                "in-flight requests still running after {limit:?}: closing"
+            );
             server.abort();
             grpc_server.abort();
         }

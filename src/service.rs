@@ -1,16 +1,18 @@
-//! The transport-independent request path: preprocess off the runtime,
-//! route and queue through the batcher, await the answer within the deadline.
-//! HTTP `/classify` and the inference protocols all call this.
+//! The transport-independent request path: preprocess off the runtime (once
+//! per distinct preprocessing among the variants the request may be routed
+//! to), route and queue through the batcher, await the answer within the
+//! deadline. HTTP `/classify` and the inference protocols all call this.
 
-use crate::batching::{Batcher, Outcome};
+use crate::batching::{Batcher, Inputs, Outcome};
 use crate::engine::top_k;
 use crate::error::ServeError;
 use crate::manifest::{Preprocess, VariantSpec};
 use crate::metrics::Metrics;
 use crate::preprocess::{self, DecodeLimits};
-use crate::routing::RouteRequest;
+use crate::recent::Recent;
+use crate::routing::{self, RouteRequest};
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -41,10 +43,15 @@ pub struct ServiceConfig {
 pub struct Service {
     pub specs: Vec<VariantSpec>,
     pub labels: Arc<Vec<String>>,
-    pub preprocess: Preprocess,
+    /// The distinct preprocessings among the variants (one for the bundled
+    /// models), and each variant's index in it.
+    preps: Vec<Preprocess>,
+    prep_of: Vec<usize>,
     pub batcher: Arc<Batcher>,
     pub metrics: Arc<Metrics>,
     pub config: ServiceConfig,
+    /// Answers and refusals over the last minute (the live panel).
+    pub recent: Mutex<Recent>,
     slots: Semaphore,
 }
 
@@ -56,14 +63,17 @@ pub struct RequestOptions {
     pub min_top1: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
+    /// Class index (model output).
     pub index: usize,
     pub label: String,
+    /// Softmax probability.
     pub score: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Where the time went, in milliseconds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     pub queue_ms: f64,
     pub preprocess_ms: f64,
@@ -71,11 +81,17 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The answer of `POST /classify`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Classification {
+    /// The variant that answered.
     pub variant: String,
+    /// Why it answered.
+    #[schema(value_type = crate::routing::RouteReason)]
     pub route: &'static str,
+    /// Size of the batch the image ran in.
     pub batch_size: usize,
+    /// The latency budget applied, in milliseconds.
     pub budget_ms: f64,
     pub predictions: Vec<Prediction>,
     pub timings: Timings,
@@ -89,21 +105,64 @@ impl Service {
     pub fn new(
         specs: Vec<VariantSpec>,
         labels: Vec<String>,
-        preprocess: Preprocess,
         batcher: Arc<Batcher>,
         metrics: Arc<Metrics>,
         config: ServiceConfig,
     ) -> Service {
         let slots = Semaphore::new(config.preprocess_slots.max(1));
+        let mut preps: Vec<Preprocess> = Vec::new();
+        let prep_of = specs
+            .iter()
+            .map(|s| match preps.iter().position(|p| *p == s.preprocess) {
+                Some(i) => i,
+                None => {
+                    preps.push(s.preprocess.clone());
+                    preps.len() - 1
+                }
+            })
+            .collect();
+        let recent = Mutex::new(Recent::new(specs.len(), Instant::now()));
         Service {
             specs,
             labels: Arc::new(labels),
-            preprocess,
+            preps,
+            prep_of,
             batcher,
             metrics,
             config,
+            recent,
             slots,
         }
+    }
+
+    /// Top-1 accuracy of each variant (`None`: unknown), in manifest order.
+    pub fn top1(&self) -> Vec<Option<f64>> {
+        self.specs.iter().map(|s| s.top1).collect()
+    }
+
+    /// The distinct preprocessings a request may need: for each variant it
+    /// may be routed to, the index (in the returned list) of its tensor.
+    fn preps_for(&self, route: &RouteRequest) -> (Vec<Preprocess>, Vec<Option<usize>>) {
+        let mut cands = routing::candidates(&self.top1(), route);
+        if cands.is_empty() {
+            // Routing will refuse it; preprocess as for every variant.
+            cands = (0..self.specs.len()).collect();
+        }
+        let mut chosen: Vec<usize> = Vec::new(); // indices into self.preps
+        let mut slot = vec![None; self.specs.len()];
+        for v in cands {
+            let p = self.prep_of[v];
+            let i = match chosen.iter().position(|c| *c == p) {
+                Some(i) => i,
+                None => {
+                    chosen.push(p);
+                    chosen.len() - 1
+                }
+            };
+            slot[v] = Some(i);
+        }
+        let preps = chosen.iter().map(|p| self.preps[*p].clone()).collect();
+        (preps, slot)
     }
 
     pub fn variant_index(&self, name: &str) -> Result<usize, ServeError> {
@@ -150,23 +209,36 @@ impl Service {
         ))
     }
 
-    /// Decode and preprocess on the blocking pool, a bounded number at once.
+    /// Decode and preprocess on the blocking pool, a bounded number at once:
+    /// decoded once, resized and normalised once per distinct preprocessing
+    /// among the variants `route` may pick.
     pub async fn preprocess_image(
         &self,
         bytes: axum::body::Bytes,
-    ) -> Result<(Vec<f32>, Duration), ServeError> {
+        route: &RouteRequest,
+    ) -> Result<(Inputs, Duration), ServeError> {
         let _slot = self
             .slots
             .acquire()
             .await
             .map_err(|_| ServeError::ShuttingDown)?;
-        let spec = self.preprocess.clone();
+        let (preps, slot) = self.preps_for(route);
         let limits = self.config.decode;
         let t0 = Instant::now();
-        let tensor =
-            tokio::task::spawn_blocking(move || preprocess::preprocess(&bytes, &spec, limits))
-                .await
-                .map_err(|e| ServeError::Internal(format!("preprocessing task failed: {e}")))??;
+        let tensors = tokio::task::spawn_blocking(move || {
+            let img = preprocess::decode(&bytes, limits)?;
+            preps
+                .iter()
+                .map(|p| preprocess::tensor(&img, p))
+                .collect::<Result<Vec<_>, ServeError>>()
+        })
+        .await
+        .map_err(|e| ServeError::Internal(format!("preprocessing task failed: {e}")))??;
+        let tensor = if tensors.len() == 1 {
+            Inputs::same(tensors.into_iter().next().unwrap_or_default())
+        } else {
+            Inputs::per_variant(tensors, slot)
+        };
         let took = t0.elapsed();
         self.metrics.preprocess.observe(took.as_secs_f64());
         self.batcher.record_preprocess(took);
@@ -177,12 +249,14 @@ impl Service {
     /// deadline rather than late.
     pub async fn infer(
         &self,
-        tensor: Vec<f32>,
+        tensor: impl Into<Inputs>,
         route: &RouteRequest,
         arrival: Instant,
         deadline: Instant,
     ) -> Result<Outcome, ServeError> {
-        let (_, rx) = self.batcher.submit(route, arrival, deadline, tensor)?;
+        let (_, rx) = self
+            .batcher
+            .submit(route, arrival, deadline, tensor.into())?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             // The worker answered in time, but this task may be polled
             // later (all cores busy): never send an answer past its deadline.
@@ -222,7 +296,7 @@ impl Service {
         }
         let deadline = arrival + budget;
         self.batcher.precheck(&route, arrival, deadline)?;
-        let (tensor, pre) = self.preprocess_image(bytes).await?;
+        let (tensor, pre) = self.preprocess_image(bytes, &route).await?;
         let out = self.infer(tensor, &route, arrival, deadline).await?;
         let total = arrival.elapsed();
         let predictions = top_k(&out.logits, top)
@@ -264,6 +338,18 @@ impl Service {
         deadline_met: Option<bool>,
     ) {
         let name = variant.unwrap_or("none");
+        if let Ok(mut r) = self.recent.lock() {
+            match (
+                variant.and_then(|v| self.variant_index(v).ok()),
+                deadline_met,
+            ) {
+                (Some(v), Some(met)) if status == 200 => r.answered(v, met, Instant::now()),
+                // Shed, expired, late or failed: the server's doing. Bad
+                // input (4xx) is not counted against the SLA.
+                _ if status >= 500 => r.refused(Instant::now()),
+                _ => {}
+            }
+        }
         self.metrics
             .requests
             .with_label_values(&[name, &status.to_string()])

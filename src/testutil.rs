@@ -27,3 +27,40 @@ pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     chunk(&mut out, b"IEND", &[]);
     out
 }
+
+/// The service over the fake engine (no inference cost unless `fixed` is
+/// set), with the bundled manifest's variants, labels and preprocessing:
+/// for tests of the transports, the connection layer and worker faults.
+pub fn fake_service(
+    args: &crate::config::ServeArgs,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    fixed: std::time::Duration,
+) -> anyhow::Result<(
+    std::sync::Arc<crate::engine::fake::FakeEngine>,
+    std::sync::Arc<crate::service::Service>,
+)> {
+    use crate::engine::fake::{FakeEngine, FakeVariant};
+    let manifest = crate::manifest::Manifest::load(&args.model.models)?;
+    let specs: Vec<_> = manifest
+        .variants
+        .iter()
+        .filter(|v| args.model.variants.is_empty() || args.model.variants.contains(&v.name))
+        .cloned()
+        .collect();
+    let mut engine = FakeEngine::new(
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| FakeVariant {
+                sizes: vec![1],
+                fixed,
+                per_image: std::time::Duration::ZERO,
+                class: 281 + i,
+            })
+            .collect(),
+    );
+    engine.classes = manifest.labels.len();
+    let engine = std::sync::Arc::new(engine);
+    let svc = crate::server::assemble_service(args, &manifest, specs, engine.clone(), metrics)?;
+    Ok((engine, svc))
+}

@@ -124,7 +124,7 @@ async fn grpc_inference_service_and_health() {
 
     let m = Manifest::load(&bundled_models_dir()).unwrap();
     let png = photo("chelsea.png");
-    let x = preprocess(&png, &m.preprocess, DecodeLimits::default()).unwrap();
+    let x = preprocess(&png, &m.variants[0].preprocess, DecodeLimits::default()).unwrap();
     for spec in &m.variants {
         let v = spec.name.as_str();
         let r = c
@@ -308,7 +308,7 @@ async fn unmeetable_budget_is_unavailable_over_grpc() {
     let m = Manifest::load(&bundled_models_dir()).unwrap();
     let x = preprocess(
         &photo("chelsea.png"),
-        &m.preprocess,
+        &m.variants[0].preprocess,
         DecodeLimits::default(),
     )
     .unwrap();

@@ -20,7 +20,7 @@ fn argmax(xs: &[f32]) -> usize {
 fn chelsea_tensor() -> Vec<f32> {
     let m = Manifest::load(&bundled_models_dir()).unwrap();
     let limits = DecodeLimits::default();
-    preprocess(&photo("chelsea.png"), &m.preprocess, limits).unwrap()
+    preprocess(&photo("chelsea.png"), &m.variants[0].preprocess, limits).unwrap()
 }
 
 fn bytes_element(b: &[u8]) -> Vec<u8> {

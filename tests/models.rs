@@ -3,7 +3,7 @@
 //! the models pipeline (models/testdata/reference.json). Catches engine and
 //! preprocessing drift. Needs neither ../shared nor Python.
 
-use slimserve::engine::tract::TractEngine;
+use slimserve::engine::tract::{KernelChoice, TractEngine};
 use slimserve::engine::{top_k, Engine};
 use slimserve::manifest::{bundled_models_dir, Manifest};
 use slimserve::preprocess::{normalize_into, preprocess, DecodeLimits};
@@ -20,11 +20,18 @@ fn relative_diff(got: &[f32], expected: &[f32]) -> f32 {
 
 #[test]
 fn every_variant_matches_the_onnxruntime_reference() {
+    for kernels in [KernelChoice::Stock, KernelChoice::Fast] {
+        println!("kernels: {kernels:?}");
+        matches_the_reference(kernels);
+    }
+}
+
+fn matches_the_reference(kernels: KernelChoice) {
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
     let dir = bundled_models_dir().join("testdata");
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let (engine, specs) = TractEngine::load(&manifest, &[], &[1]).unwrap();
+    let (engine, specs) = TractEngine::load(&manifest, &[], &[1], kernels).unwrap();
     let images = reference["images"].as_array().unwrap();
     let crop_of = reference["crop_file"]["image"].as_str().unwrap();
     let crop = std::fs::read(dir.join(reference["crop_file"]["file"].as_str().unwrap())).unwrap();
@@ -48,7 +55,7 @@ fn every_variant_matches_the_onnxruntime_reference() {
                 .map(|x| x.as_f64().unwrap() as f32)
                 .collect();
             let bytes = std::fs::read(dir.join(file)).unwrap();
-            let x = preprocess(&bytes, &manifest.preprocess, DecodeLimits::default()).unwrap();
+            let x = preprocess(&bytes, &spec.preprocess, DecodeLimits::default()).unwrap();
             let got = engine.infer(v, 1, x).unwrap();
             // Our resize rounds about a fifth of the bytes one level away from
             // Pillow's (see preprocess.rs), and JPEG decoders differ more:
@@ -73,7 +80,7 @@ fn every_variant_matches_the_onnxruntime_reference() {
             if file == crop_of {
                 // The engine alone, on the pipeline's own crop: tight.
                 let mut x = Vec::new();
-                normalize_into(&crop, &manifest.preprocess, &mut x);
+                normalize_into(&crop, &spec.preprocess, &mut x);
                 let rel = relative_diff(&engine.infer(v, 1, x).unwrap(), &expected);
                 println!(
                     "{:<8} {:<12} engine on the pipeline's crop: relative {rel:.2e}",
@@ -105,17 +112,23 @@ fn every_variant_matches_the_onnxruntime_reference() {
 fn batch_plans_agree_with_the_batch_one_plan() {
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
     let name = manifest.variants[0].name.clone();
-    let (engine, _) = TractEngine::load(&manifest, std::slice::from_ref(&name), &[1, 2]).unwrap();
+    let (engine, _) = TractEngine::load(
+        &manifest,
+        std::slice::from_ref(&name),
+        &[1, 2],
+        KernelChoice::Stock,
+    )
+    .unwrap();
     let dir = bundled_models_dir().join("testdata");
     let a = preprocess(
         &std::fs::read(dir.join("chelsea.png")).unwrap(),
-        &manifest.preprocess,
+        &manifest.variants[0].preprocess,
         DecodeLimits::default(),
     )
     .unwrap();
     let b = preprocess(
         &std::fs::read(dir.join("coffee.png")).unwrap(),
-        &manifest.preprocess,
+        &manifest.variants[0].preprocess,
         DecodeLimits::default(),
     )
     .unwrap();

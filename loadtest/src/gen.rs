@@ -506,6 +506,7 @@ pub async fn run_step(t: Arc<Target>, spec: &StepSpec, pb: &ProgressBar) -> Step
         variant_mix: r.mix.clone(),
         generator_cpu: cpu,
         server: None,
+        server_label: None,
     }
 }
 

@@ -8,7 +8,7 @@ pub mod report;
 pub mod results;
 pub mod server;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use gen::{Load, Scenario, StepSpec, Target};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -116,6 +116,33 @@ pub struct Args {
     /// Worker threads of the generator's runtime.
     #[arg(long, env = "LOADTEST_THREADS", default_value_t = 2)]
     pub threads: usize,
+    /// Name of the server under test, put before every scenario (`<label> pinned:full`), so
+    /// that runs against different servers can be drawn side by side (see --merge).
+    #[arg(long, env = "LOADTEST_LABEL")]
+    pub label: Option<String>,
+    /// Run nothing: merge these results.json files (runs with different --label) into one
+    /// report in --out, with a table of the servers side by side. Repeatable or comma separated.
+    #[arg(long = "merge", env = "LOADTEST_MERGE", value_delimiter = ',')]
+    pub merge: Vec<PathBuf>,
+}
+
+/// `--merge`: the runs in these files as one.
+pub fn merge(files: &[PathBuf]) -> Result<RunResults> {
+    let mut runs = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        runs.push(
+            serde_json::from_str::<RunResults>(&text)
+                .with_context(|| format!("parsing {}", f.display()))?,
+        );
+    }
+    // the first run's command tells how each was made; the merge's own names only files
+    let mut command = runs.first().map(|r| r.command.clone()).unwrap_or_default();
+    if runs.len() > 1 {
+        command.push(format!("(and {} more runs, merged)", runs.len() - 1));
+    }
+    RunResults::merge(runs, command).map_err(anyhow::Error::msg)
 }
 
 fn default_images() -> PathBuf {
@@ -173,6 +200,10 @@ impl Runner {
             }
         }
         step.index = self.steps.len() + 1;
+        if let Some(l) = &a.label {
+            step.scenario = format!("{l} {}", step.scenario);
+            step.server_label = Some(l.clone());
+        }
         pb.finish_and_clear();
         let line = format!(
             "step {:>3} {:<16} sla {:>5} ms  offered {:>6.1}/s  achieved {:>6.1}/s  goodput {:>6.1}/s  within SLA {:>5.1}%  p50 {:>7.1}  p99 {:>7.1} ms  503 {} 504 {} timeouts {}  gen CPU {:.3}",

@@ -8,7 +8,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let out = args.out.clone();
-    let res = rt.block_on(loadtest::run(args))?;
+    let res = if args.merge.is_empty() {
+        rt.block_on(loadtest::run(args))?
+    } else {
+        loadtest::merge(&args.merge)?
+    };
     let files = report::write_all(&out, &res)?;
     eprintln!(
         "\n{}",

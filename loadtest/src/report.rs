@@ -387,7 +387,15 @@ pub fn plots(r: &RunResults) -> Result<Vec<(String, String, String)>> {
             )?,
         ));
         // variant mix chosen by routing
-        let routed: Vec<&String> = scen.iter().filter(|s| !s.starts_with("pinned:")).collect();
+        // (by the steps, not the name: a --label may stand before "pinned:")
+        let routed: Vec<&String> = scen
+            .iter()
+            .filter(|sc| {
+                r.steps
+                    .iter()
+                    .any(|s| &s.scenario == *sc && s.pinned_variant.is_none())
+            })
+            .collect();
         for sc in routed {
             let st = series(r, sc, sla);
             let names: BTreeSet<String> = st
@@ -419,7 +427,7 @@ pub fn plots(r: &RunResults) -> Result<Vec<(String, String, String)>> {
                 })
                 .collect();
             out.push((
-                format!("mix_{}_sla{tag}ms.svg", sc.replace(':', "_")),
+                format!("mix_{}_sla{tag}ms.svg", sc.replace([':', ' '], "_")),
                 format!(
                     "Variant mix chosen by routing ({sc}), share of 200 answers, budget {sla} ms"
                 ),
@@ -464,8 +472,13 @@ fn variants_rows(r: &RunResults) -> (Vec<String>, Vec<Vec<String>>) {
     }
     let mut rows = Vec::new();
     for sc in scenarios(r) {
-        let v = sc
-            .strip_prefix("pinned:")
+        // variant facts come from the server's API: none for a labelled server without one
+        let v = r
+            .steps
+            .iter()
+            .find(|s| s.scenario == sc)
+            .filter(|s| s.server_label.is_none() || s.server.is_some())
+            .and_then(|s| s.pinned_variant.as_deref())
             .and_then(|n| r.variants.iter().find(|v| v.name == n));
         let mut row = vec![
             sc.clone(),
@@ -581,6 +594,187 @@ fn step_rows(r: &RunResults) -> (Vec<String>, Vec<Vec<String>>) {
     (head, rows)
 }
 
+/// A table: head and rows.
+pub type Table = (Vec<String>, Vec<Vec<String>>);
+
+/// The `--label`s of the steps, in the order they first appear.
+fn server_labels(r: &RunResults) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for l in r.steps.iter().filter_map(|s| s.server_label.as_ref()) {
+        if !v.contains(l) {
+            v.push(l.clone());
+        }
+    }
+    v
+}
+
+/// A step's scenario without its server's label.
+fn base_scenario(s: &Step) -> &str {
+    s.server_label
+        .as_deref()
+        .and_then(|l| s.scenario.strip_prefix(l))
+        .map_or(s.scenario.as_str(), str::trim_start)
+}
+
+/// ≥ 99 % of the scheduled requests answered 200, and their p99 within the budget.
+fn serves_within_budget(s: &Step) -> bool {
+    s.scheduled > 0 && s.ok as f64 >= 0.99 * s.scheduled as f64 && s.latency_ms.p99 <= s.sla_ms
+}
+
+/// Servers side by side (runs merged with different `--label`s): for each, the highest rate
+/// it served within the budget, and every offered rate with latency, goodput and status mix;
+/// ratios are the first server's figure ÷ this one's. None for fewer than two servers.
+#[allow(clippy::type_complexity)]
+pub fn side_by_side(r: &RunResults) -> Option<[(Vec<String>, Vec<Vec<String>>); 2]> {
+    let labels = server_labels(r);
+    if labels.len() < 2 {
+        return None;
+    }
+    let reference = &labels[0];
+    let of = |label: &str, base: &str, sla: f64| -> Vec<&Step> {
+        let mut v: Vec<&Step> = r
+            .steps
+            .iter()
+            .filter(|s| {
+                s.server_label.as_deref() == Some(label)
+                    && base_scenario(s) == base
+                    && s.sla_ms == sla
+            })
+            .collect();
+        v.sort_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps));
+        v
+    };
+    let mut bases: Vec<&str> = Vec::new();
+    for s in r.steps.iter().filter(|s| s.server_label.is_some()) {
+        if !bases.contains(&base_scenario(s)) {
+            bases.push(base_scenario(s));
+        }
+    }
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    };
+    let pct = |n: u64, s: &Step| format!("{:.1}%", 100.0 * n as f64 / s.scheduled.max(1) as f64);
+    let best = |st: &[&Step]| {
+        st.iter()
+            .filter(|s| serves_within_budget(s))
+            .max_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps))
+            .map(|s| (s.offered_rps, s.latency_ms.p99))
+    };
+    let head_a: Vec<String> = [
+        "server".to_string(),
+        "scenario".into(),
+        "SLA ms".into(),
+        "highest rate with p99 ≤ SLA and ≥ 99 % answered 200 (p99 there)".into(),
+        format!("{reference} ÷ this"),
+        "best goodput req/s".into(),
+        "rates tested".into(),
+    ]
+    .to_vec();
+    let head_b: Vec<String> = [
+        "offered req/s".to_string(),
+        "server".into(),
+        "scenario".into(),
+        "SLA ms".into(),
+        "achieved".into(),
+        "p50 ms".into(),
+        "p99 ms".into(),
+        "answered 200".into(),
+        "goodput req/s".into(),
+        "503".into(),
+        "504".into(),
+        "timeouts + other".into(),
+        format!("p50: {reference} ÷ this"),
+        format!("p99: {reference} ÷ this"),
+        format!("goodput: {reference} ÷ this"),
+    ]
+    .to_vec();
+    let (mut rows_a, mut rows_b) = (Vec::new(), Vec::new());
+    for sla in slas(r) {
+        for base in &bases {
+            let ref_steps = of(reference, base, sla);
+            let ref_best = best(&ref_steps);
+            let mut rates: Vec<f64> = Vec::new();
+            for l in &labels {
+                let st = of(l, base, sla);
+                if st.is_empty() {
+                    continue;
+                }
+                let b = best(&st);
+                rows_a.push(vec![
+                    l.clone(),
+                    base.to_string(),
+                    sla.to_string(),
+                    b.map_or_else(
+                        || format!("< {}", st[0].offered_rps),
+                        |(m, p)| format!("{m} ({p:.0} ms)"),
+                    ),
+                    if l == reference {
+                        "–".into()
+                    } else {
+                        ratio(ref_best.map(|x| x.0), b.map(|x| x.0))
+                    },
+                    format!(
+                        "{:.1}",
+                        st.iter().map(|s| s.goodput_rps).fold(0.0, f64::max)
+                    ),
+                    st.iter()
+                        .map(|s| s.offered_rps.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]);
+                for s in st {
+                    if !rates.contains(&s.offered_rps) {
+                        rates.push(s.offered_rps);
+                    }
+                }
+            }
+            rates.sort_by(f64::total_cmp);
+            for rate in rates {
+                let at = |l: &str| of(l, base, sla).into_iter().find(|s| s.offered_rps == rate);
+                let rs = at(reference);
+                for l in &labels {
+                    let Some(s) = at(l) else { continue };
+                    // latency ratios only where both servers answered something
+                    let vs = |f: &dyn Fn(&Step) -> f64, latency: bool| match rs {
+                        Some(rs) if l != reference && (!latency || (rs.ok > 0 && s.ok > 0)) => {
+                            ratio(Some(f(rs)), Some(f(s)))
+                        }
+                        _ => "–".to_string(),
+                    };
+                    rows_b.push(vec![
+                        format!("{rate}"),
+                        l.clone(),
+                        base.to_string(),
+                        sla.to_string(),
+                        format!("{:.1}", s.achieved_rps),
+                        format!("{:.1}", s.latency_ms.p50),
+                        format!("{:.1}", s.latency_ms.p99),
+                        pct(s.ok, s),
+                        format!("{:.1}", s.goodput_rps),
+                        pct(s.status_503, s),
+                        pct(s.status_504, s),
+                        pct(
+                            s.timeouts
+                                + s.transport_errors
+                                + s.dropped_client
+                                + s.status_429
+                                + s.status_other,
+                            s,
+                        ),
+                        vs(&|s| s.latency_ms.p50, true),
+                        vs(&|s| s.latency_ms.p99, true),
+                        vs(&|s| s.goodput_rps, false),
+                    ]);
+                }
+            }
+        }
+    }
+    Some([(head_a, rows_a), (head_b, rows_b)])
+}
+
+const SIDE_BY_SIDE_NOTE: &str = "Each server ran the same open-loop sweep (same images, rates, durations, budget) one after the other on the same machine. Latencies are of HTTP 200 answers, from each request's scheduled send time; status shares are of the requests scheduled in the window; ratios are the first server's figure ÷ this row's.";
+
 fn md_table(head: &[String], rows: &[Vec<String>]) -> String {
     let mut s = format!(
         "| {} |\n|{}\n",
@@ -599,9 +793,17 @@ pub fn markdown(r: &RunResults) -> String {
     s += &md_table(&h, &rows);
     let _ = write!(
         s,
-        "\nmax req/s within budget = highest offered rate tested whose SLA attainment (HTTP 200 within the budget, measured from the scheduled send time) was ≥ 99 %.\n\nGenerator CPU: at most {:.3} cores (at {:.1} req/s offered).\n\n### Every step\n\n",
+        "\nmax req/s within budget = highest offered rate tested whose SLA attainment (HTTP 200 within the budget, measured from the scheduled send time) was ≥ 99 %.\n\nGenerator CPU: at most {:.3} cores (at {:.1} req/s offered).\n\n",
         r.generator_cpu_max_cores, r.generator_cpu_max_at_rps
     );
+    if let Some([(ha, ra), (hb, rb)]) = side_by_side(r) {
+        let _ = write!(s, "### Servers side by side\n\n{SIDE_BY_SIDE_NOTE}\n\n");
+        s += &md_table(&ha, &ra);
+        s += "\n";
+        s += &md_table(&hb, &rb);
+        s += "\n";
+    }
+    s += "### Every step\n\n";
     let (h, rows) = step_rows(r);
     s += &md_table(&h, &rows);
     s
@@ -656,6 +858,15 @@ pub fn html(r: &RunResults, plots: &[(String, String, String)]) -> String {
     let (h, rows) = variants_rows(r);
     s += "<h2>Variants</h2><p>Accuracy, size and resident memory from the server's <code>/v1/variants</code>; max rate = highest offered rate tested with ≥ 99 % of requests answered 200 within the budget.</p>";
     s += &html_table(&h, &rows);
+    if let Some([(ha, ra), (hb, rb)]) = side_by_side(r) {
+        let _ = write!(
+            s,
+            "<h2>Servers side by side</h2><p>{}</p>",
+            esc(SIDE_BY_SIDE_NOTE)
+        );
+        s += &html_table(&ha, &ra);
+        s += &html_table(&hb, &rb);
+    }
     s += "<h2>Plots</h2><div class=\"plots\">";
     for (_, caption, svg) in plots {
         let svg = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);
@@ -666,4 +877,113 @@ pub fn html(r: &RunResults, plots: &[(String, String, String)]) -> String {
     s += "<h2>Every step</h2><p>Client latencies (ms) of HTTP 200 answers; <i>srv</i> columns are deltas of the server's <code>/metrics</code> over the step (queue time mean by variant, mean batch size, shed count, routing mix %, resident memory, CPU cores).</p>";
     s += &html_table(&h, &rows);
     s + "</body></html>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Cpu, Percentiles};
+
+    fn step(label: &str, rate: f64, ok: u64, p50: f64, p99: f64, goodput: f64) -> Step {
+        let lat = Percentiles {
+            count: ok,
+            mean: p50,
+            p50,
+            p90: p99,
+            p99,
+            p999: p99,
+            max: p99,
+        };
+        Step {
+            index: 1,
+            scenario: format!("{label} pinned:full"),
+            pinned_variant: Some("full".into()),
+            sla_ms: 150.0,
+            arrival: "poisson".into(),
+            offered_rps: rate,
+            concurrency: None,
+            warmup_s: 1.0,
+            duration_s: 10.0,
+            scheduled: 100,
+            sent: 100,
+            dropped_client: 0,
+            completed: 100,
+            ok,
+            ok_within_sla: ok,
+            status_429: 0,
+            status_503: 100 - ok,
+            status_504: 0,
+            status_other: 0,
+            timeouts: 0,
+            transport_errors: 0,
+            statuses: Default::default(),
+            achieved_rps: rate,
+            throughput_rps: goodput,
+            goodput_rps: goodput,
+            sla_attainment_pct: ok as f64,
+            within_sla: ok >= 99,
+            latency_ms: lat.clone(),
+            latency_all_ms: lat.clone(),
+            send_lag_ms: lat,
+            max_in_flight: 10,
+            variant_mix: Default::default(),
+            generator_cpu: Cpu::default(),
+            server: None,
+            server_label: Some(label.into()),
+        }
+    }
+
+    fn run(steps: Vec<Step>) -> RunResults {
+        RunResults {
+            tool: "t".into(),
+            started_unix: 0,
+            target: "x".into(),
+            command: vec![],
+            host_cpus: 2,
+            variants: vec![],
+            steps,
+            summary: vec![],
+            generator_cpu_max_cores: 0.0,
+            generator_cpu_max_at_rps: 0.0,
+        }
+    }
+
+    #[test]
+    fn servers_side_by_side() {
+        let a = run(vec![
+            step("a", 30.0, 100, 20.0, 40.0, 30.0),
+            step("a", 60.0, 99, 30.0, 120.0, 59.0),
+        ]);
+        let b = run(vec![
+            step("b", 30.0, 100, 40.0, 80.0, 30.0),
+            step("b", 60.0, 50, 900.0, 2000.0, 10.0),
+        ]);
+        let m = RunResults::merge(vec![a.clone(), b], vec![]).unwrap();
+        assert_eq!(
+            m.steps.iter().map(|s| s.index).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let [(_, best), (_, per_rate)] = side_by_side(&m).unwrap();
+        // a serves 60 req/s within the budget, b only 30: a ÷ b = 2
+        assert_eq!(
+            best[0][..5],
+            ["a", "pinned:full", "150", "60 (120 ms)", "–"]
+        );
+        assert_eq!(best[1][3..5], ["30 (80 ms)", "2.00"]);
+        // at 30 req/s, p50 a ÷ b = 0.5; at 60 b answered half: 50 % 503
+        let b30 = per_rate
+            .iter()
+            .find(|r| r[0] == "30" && r[1] == "b")
+            .unwrap();
+        assert_eq!(b30[12], "0.50");
+        let b60 = per_rate
+            .iter()
+            .find(|r| r[0] == "60" && r[1] == "b")
+            .unwrap();
+        assert_eq!((b60[7].as_str(), b60[9].as_str()), ("50.0%", "50.0%"));
+        assert!(markdown(&m).contains("### Servers side by side"));
+        // one server alone has no such section; the same label twice is refused
+        assert!(side_by_side(&a).is_none());
+        assert!(RunResults::merge(vec![a.clone(), a], vec![]).is_err());
+    }
 }

@@ -101,6 +101,9 @@ pub struct Step {
     pub variant_mix: BTreeMap<String, u64>,
     pub generator_cpu: Cpu,
     pub server: Option<ServerView>,
+    /// `--label` of the run: which server answered (when several are drawn side by side)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_label: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -142,6 +145,68 @@ pub struct RunResults {
 }
 
 impl RunResults {
+    /// Several runs as one (e.g. one per server, each with its own `--label`, or one per
+    /// rate): steps in the order given, renumbered; variant facts from whichever run listed
+    /// them first. The same scenario, budget and load in two runs would be drawn as one point,
+    /// so that is refused.
+    pub fn merge(runs: Vec<RunResults>, command: Vec<String>) -> Result<RunResults, String> {
+        let Some(first) = runs.first() else {
+            return Err("nothing to merge".into());
+        };
+        let mut out = RunResults {
+            tool: first.tool.clone(),
+            started_unix: runs.iter().map(|r| r.started_unix).min().unwrap_or(0),
+            target: String::new(),
+            command,
+            host_cpus: first.host_cpus,
+            variants: Vec::new(),
+            steps: Vec::new(),
+            summary: Vec::new(),
+            generator_cpu_max_cores: 0.0,
+            generator_cpu_max_at_rps: 0.0,
+        };
+        let mut targets: Vec<&str> = Vec::new();
+        for r in &runs {
+            if !targets.contains(&r.target.as_str()) {
+                targets.push(&r.target);
+            }
+        }
+        out.target = targets.join(" + ");
+        for (i, r) in runs.iter().enumerate() {
+            let same = |a: &Step, b: &Step| {
+                a.scenario == b.scenario
+                    && a.sla_ms == b.sla_ms
+                    && a.arrival == b.arrival
+                    && a.offered_rps == b.offered_rps
+                    && a.concurrency == b.concurrency
+            };
+            if let Some(dup) = out
+                .steps
+                .iter()
+                .find(|s| r.steps.iter().any(|t| same(s, t)))
+            {
+                return Err(format!(
+                    "run {} repeats scenario '{}' at {} req/s, budget {} ms: give each server its own --label",
+                    i + 1,
+                    dup.scenario,
+                    dup.offered_rps,
+                    dup.sla_ms
+                ));
+            }
+            for v in &r.variants {
+                if !out.variants.iter().any(|x| x.name == v.name) {
+                    out.variants.push(v.clone());
+                }
+            }
+            out.steps.extend(r.steps.iter().cloned());
+        }
+        for (i, s) in out.steps.iter_mut().enumerate() {
+            s.index = i + 1;
+        }
+        out.summarize();
+        Ok(out)
+    }
+
     pub fn summarize(&mut self) {
         let mut keys: Vec<(String, f64)> = Vec::new();
         for s in &self.steps {

@@ -11,6 +11,10 @@ pub struct Stat {
     pub mean: f64,
     pub dev: f64,
     pub count: u64,
+    /// The warm-up's median and deviation (`seed`), which `relax` moves
+    /// the figures back toward.
+    #[serde(skip)]
+    pub warm: Option<(f64, f64)>,
 }
 
 impl Stat {
@@ -44,6 +48,12 @@ pub struct WaitError {
 
 impl WaitError {
     const ALPHA: f64 = 0.05;
+
+    /// Forget a share of the measured lateness (see `LatencyModel::relax`).
+    fn relax(&mut self, share: f64) {
+        self.mean *= 1.0 - share;
+        self.dev *= 1.0 - share;
+    }
 
     pub fn observe(&mut self, late_secs: f64) {
         let err = late_secs - self.mean;
@@ -140,6 +150,7 @@ impl LatencyModel {
                 mean: median,
                 dev,
                 count: xs.len() as u64,
+                warm: Some((median, dev)),
             };
         }
     }
@@ -152,6 +163,27 @@ impl LatencyModel {
         {
             s.observe(took.as_secs_f64());
         }
+    }
+
+    /// Move every figure that has grown above its warm-up value a share of
+    /// the way back, and forget a share of the measured lateness. Called
+    /// when an idle server refuses a request: predictions only learn from
+    /// executions, so after a slow spell a prediction above every budget
+    /// would refuse everything for ever; relaxed, it lets a request through
+    /// again, whose execution then re-measures the variant.
+    pub fn relax(&mut self) {
+        const SHARE: f64 = 0.1;
+        for p in &mut self.variants {
+            for (_, s) in &mut p.by_batch {
+                if let Some((mean, dev)) = s.warm {
+                    if s.mean > mean {
+                        s.mean += SHARE * (mean - s.mean);
+                        s.dev += SHARE * (dev - s.dev);
+                    }
+                }
+            }
+        }
+        self.wait_error.relax(SHARE);
     }
 
     /// Mean execution time of a batch; batch 1's cost × batch when unmeasured.

@@ -39,7 +39,8 @@ pub struct Queued<T> {
 #[derive(Debug, Clone)]
 pub struct VariantMeta {
     pub name: String,
-    pub top1: f64,
+    /// `None`: unknown accuracy (see `routing::candidates`).
+    pub top1: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,10 +186,10 @@ impl<T: Payload> State<T> {
         deadline: Instant,
         now: Instant,
     ) -> Result<Admitted, ServeError> {
-        let top1: Vec<f64> = self.variants.iter().map(|v| v.top1).collect();
+        let top1: Vec<Option<f64>> = self.variants.iter().map(|v| v.top1).collect();
         let cands = routing::candidates(&top1, req);
         if cands.is_empty() {
-            let best = top1.iter().copied().fold(0.0, f64::max);
+            let best = top1.iter().flatten().copied().fold(0.0, f64::max);
             let min = req.min_top1.unwrap_or(0.0);
             return Err(ServeError::NoVariantAccurateEnough { min, best });
         }
@@ -203,7 +204,12 @@ impl<T: Payload> State<T> {
         }) {
             Ok((variant, reason, predicted)) => Ok(Admitted {
                 variant,
-                reason,
+                reason: match reason {
+                    RouteReason::MostAccurate if top1[variant].is_none() => {
+                        RouteReason::AccuracyUnknown
+                    }
+                    r => r,
+                },
                 predicted_latency: now.saturating_duration_since(arrival) + predicted,
                 predicted_start: start,
             }),
@@ -248,7 +254,13 @@ impl<T: Payload> State<T> {
                 self.queued += 1;
                 Ok(a)
             }
-            Err(e) => Err((e, payload)),
+            Err(e) => {
+                let idle = self.queued == 0 && self.predicted_start(deadline, now) <= now;
+                if idle && matches!(e, ServeError::BudgetUnmeetable { .. }) {
+                    self.profile.relax();
+                }
+                Err((e, payload))
+            }
         }
     }
 
@@ -345,9 +357,20 @@ impl<T: Payload> State<T> {
             .unwrap_or(1))
     }
 
+    /// Worker `w` is idle again without having run its batch.
+    pub fn release(&mut self, w: usize) {
+        self.busy_until[w] = None;
+    }
+
     /// Worker `w` finished a batch of `size` on variant `v` in `took`.
     pub fn finish(&mut self, w: usize, v: usize, size: usize, took: Duration) {
         self.profile.observe(v, size, took);
+        self.busy_until[w] = None;
+    }
+
+    /// Worker `w`'s batch failed (engine error or panic): the worker is free
+    /// again, and the failed run says nothing about latency.
+    pub fn failed(&mut self, w: usize) {
         self.busy_until[w] = None;
     }
 

@@ -4,9 +4,10 @@
 pub mod preprocess;
 
 use crate::config::{default_workers, BenchArgs};
-use crate::engine::tract::TractEngine;
+use crate::engine::profile::{profile, NodeTime};
+use crate::engine::simd::Isa;
+use crate::engine::tract::{load_proto, Kernels, TractEngine};
 use crate::engine::{timed_runs, Engine};
-use crate::manifest::Manifest;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -25,12 +26,15 @@ pub struct Cell {
 #[derive(Debug, Serialize)]
 pub struct VariantBench {
     pub name: String,
-    pub top1: f64,
+    pub top1: Option<f64>,
     pub file_bytes: u64,
     pub macs: u64,
     pub load_ms: f64,
     pub resident_bytes: u64,
+    pub plans: Vec<crate::engine::tract::PlanReport>,
     pub cells: Vec<Cell>,
+    /// Per-op times of the batch-1 plan, per kernel choice (`--profile-runs`).
+    pub profiles: Vec<(String, Vec<NodeTime>)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,7 +54,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// `workers` threads each running batches of `batch` for `seconds`.
 pub fn measure(engine: &dyn Engine, v: usize, batch: usize, workers: usize, seconds: f64) -> Cell {
-    let _ = engine.infer(v, batch, vec![0.1f32; 3 * 224 * 224 * batch]);
+    let _ = engine.infer(v, batch, vec![0.1f32; engine.input_len(v) * batch]);
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(seconds);
     let mut times = timed_runs(engine, v, batch, workers, false, &|n| {
@@ -70,8 +74,39 @@ pub fn measure(engine: &dyn Engine, v: usize, batch: usize, workers: usize, seco
     }
 }
 
+/// Per-op-kind totals, then the slowest nodes.
+fn print_profile(variant: &str, kernels: &str, times: &[NodeTime]) {
+    let total: f64 = times.iter().map(|t| t.ms).sum();
+    println!(
+        "\n{variant} {kernels}: {total:.2} ms in {} ops (medians)",
+        times.len()
+    );
+    let mut kinds: Vec<(String, f64, usize)> = Vec::new();
+    for t in times {
+        match kinds.iter_mut().find(|k| k.0 == t.op) {
+            Some(k) => {
+                k.1 += t.ms;
+                k.2 += 1;
+            }
+            None => kinds.push((t.op.clone(), t.ms, 1)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (op, ms, n) in &kinds {
+        println!(
+            "  {op:<28} {n:>3} x  {ms:>7.2} ms  {:>5.1} %",
+            100.0 * ms / total
+        );
+    }
+    let mut slow: Vec<&NodeTime> = times.iter().collect();
+    slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    for t in slow.iter().take(8) {
+        println!("  {:>7.3} ms  {:<24} {} {}", t.ms, t.op, t.node, t.shape);
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let manifest = Manifest::load(&args.model.models)?;
+    let manifest = args.model.manifest()?;
     let mut workers = args.workers.clone();
     if workers.is_empty() {
         workers = vec![1, default_workers()];
@@ -94,8 +129,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     for name in names {
         // Load each variant alone so its load time and memory are its own.
-        let (engine, specs) =
-            TractEngine::load(&manifest, std::slice::from_ref(&name), &args.batch_sizes)?;
+        let (engine, specs) = TractEngine::load(
+            &manifest,
+            std::slice::from_ref(&name),
+            &args.batch_sizes,
+            args.model.kernels,
+        )?;
         let spec = &specs[0];
         let r = &engine.reports[0];
         let mut vb = VariantBench {
@@ -105,7 +144,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             macs: spec.macs,
             load_ms: r.load_time.as_secs_f64() * 1e3,
             resident_bytes: r.resident_bytes,
+            plans: r.plans.clone(),
             cells: vec![],
+            profiles: vec![],
         };
         for &b in engine.batch_sizes(0) {
             for &w in &workers {
@@ -130,6 +171,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             vb.resident_bytes as f64 / 1048576.0,
             vb.file_bytes as f64 / 1048576.0
         );
+        for p in &vb.plans {
+            match (p.stock_ms, p.fast_ms) {
+                (Some(s), Some(f)) => println!(
+                    "{:<8} batch {}: {} (at load: stock {s:.1} ms, fast {f:.1} ms)",
+                    name, p.batch, p.kernels
+                ),
+                _ => println!("{:<8} batch {}: {}", name, p.batch, p.kernels),
+            }
+        }
+        if args.profile_runs > 0 {
+            let proto = load_proto(&manifest.model_path(spec))?;
+            for kernels in [Kernels::Stock, Kernels::Fast(Isa::detect())] {
+                let times = profile(&proto, spec, 1, kernels, args.profile_runs)?;
+                print_profile(&name, &kernels.name(), &times);
+                vb.profiles.push((kernels.name(), times));
+            }
+        }
         report.variants.push(vb);
     }
     let images = args
@@ -140,7 +198,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "\n{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9}",
         "image", "size", "KiB", "decode ms", "resize ms", "norm ms", "total ms"
     );
-    for p in preprocess::measure(&images, &manifest.preprocess, args.seconds.min(2.0))? {
+    let first = &manifest.variants[0].preprocess;
+    for p in preprocess::measure(&images, first, args.seconds.min(2.0))? {
         println!(
             "{:<16} {:>9} {:>9.0} {:>10.2} {:>10.2} {:>10.2} {:>9.2}",
             p.file,

@@ -15,11 +15,20 @@ pub struct FakeVariant {
     pub class: usize,
 }
 
+/// A fault the fake engine can be told to produce (worker-fault tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeFault {
+    Panic,
+    Error,
+}
+
 pub struct FakeEngine {
     pub variants: Vec<FakeVariant>,
     pub classes: usize,
     /// Every call made: (variant, batch size).
     pub calls: Mutex<Vec<(usize, usize)>>,
+    /// The next `n` calls fail this way.
+    faults: Mutex<Option<(FakeFault, usize)>>,
 }
 
 impl FakeEngine {
@@ -28,7 +37,18 @@ impl FakeEngine {
             variants,
             classes: 10,
             calls: Mutex::new(vec![]),
+            faults: Mutex::new(None),
         }
+    }
+
+    /// Make the next `calls` calls panic or fail (`usize::MAX`: all of them).
+    pub fn inject(&self, fault: FakeFault, calls: usize) {
+        *self.faults.lock().unwrap() = (calls > 0).then_some((fault, calls));
+    }
+
+    /// Stop injecting faults.
+    pub fn heal(&self) {
+        *self.faults.lock().unwrap() = None;
     }
 
     pub fn calls(&self) -> Vec<(usize, usize)> {
@@ -55,6 +75,17 @@ impl Engine for FakeEngine {
             bail!("fake engine: bad batch {batch} for {} floats", input.len());
         }
         self.calls.lock().unwrap().push((v, batch));
+        let fault = {
+            let mut f = self.faults.lock().unwrap();
+            let now = f.map(|(k, _)| k);
+            *f = f.and_then(|(k, n)| (n > 1).then(|| (k, n.saturating_sub(1))));
+            now
+        };
+        match fault {
+            Some(FakeFault::Panic) => panic!("fake engine: injected panic"),
+            Some(FakeFault::Error) => bail!("fake engine: injected error"),
+            None => {}
+        }
         std::thread::sleep(fv.fixed + fv.per_image * batch as u32);
         let mut out = vec![0.0; batch * self.classes];
         for row in out.chunks_mut(self.classes) {

@@ -1,10 +1,15 @@
 //! The inference engine behind a small trait, so the batcher and the
 //! transports can be tested with a fake engine. All tract calls live in
-//! `tract.rs` and `dequant.rs` (which edits the ONNX graph before tract
-//! builds plans from it).
+//! `tract.rs`, `dequant.rs` (which edits the ONNX graph before tract
+//! builds plans from it) and `inspect.rs` (what a model file says about
+//! itself: names, shapes, parameter and MAC counts).
 
 pub mod dequant;
 pub mod fake;
+pub mod fast;
+pub mod inspect;
+pub mod profile;
+pub mod simd;
 pub mod tract;
 
 use anyhow::Result;
@@ -17,7 +22,13 @@ pub trait Engine: Send + Sync + 'static {
     fn batch_sizes(&self, v: usize) -> &[usize];
     /// Logits per image.
     fn num_classes(&self) -> usize;
-    /// `input` holds `batch` NCHW images back to back; returns `batch` rows of logits.
+    /// Elements of one preprocessed image of variant `v`.
+    fn input_len(&self, v: usize) -> usize {
+        let _ = v;
+        3 * 224 * 224
+    }
+    /// `input` holds `batch` images back to back, each `input_len(v)` values in
+    /// the variant's layout; returns `batch` rows of logits.
     fn infer(&self, v: usize, batch: usize, input: Vec<f32>) -> Result<Vec<f32>>;
 }
 
@@ -50,7 +61,7 @@ pub fn timed_runs(
     discard_first: bool,
     more: &(dyn Fn(usize) -> bool + Sync),
 ) -> Vec<std::time::Duration> {
-    let input = vec![0.1f32; 3 * 224 * 224 * batch];
+    let input = vec![0.1f32; engine.input_len(v) * batch];
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers.max(1))
             .map(|_| {

@@ -6,6 +6,8 @@
 //! the codegen pass that merges same-role axes, which adds two transposes per
 //! 1×1 convolution at batch > 1.
 
+use super::fast;
+use super::simd::Isa;
 use super::Engine;
 use crate::manifest::{Manifest, VariantSpec};
 use anyhow::{bail, Context, Result};
@@ -17,12 +19,35 @@ use tract_onnx::tract_core::optim::Optimizer;
 /// Debug name of the codegen pass left out of batch plans (pinned by a test).
 pub const MERGE_AXES_PASS: &str = "MergeConsecutiveSameRoleAxes";
 
-type Plan = Arc<TypedRunnableModel>;
+/// A runnable tract plan for one batch size.
+pub type Plan = Arc<TypedRunnableModel>;
 
 struct Variant {
     /// (batch size, plan), ascending.
     plans: Vec<(usize, Plan)>,
     sizes: Vec<usize>,
+    /// One image's input dims, in the model's layout (`[3, h, w]` or `[h, w, 3]`).
+    dims: [usize; 3],
+}
+
+/// Which kernels the plans run: tract's, ours, or whichever ran faster when
+/// the variant was loaded (measured per batch size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelChoice {
+    Auto,
+    Fast,
+    Stock,
+}
+
+/// How one plan was chosen.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanReport {
+    pub batch: usize,
+    pub kernels: String,
+    /// Median of the timed runs at load (`auto` only), milliseconds.
+    pub stock_ms: Option<f64>,
+    pub fast_ms: Option<f64>,
 }
 
 /// What loading one variant cost.
@@ -32,7 +57,13 @@ pub struct LoadReport {
     pub load_time: Duration,
     /// Growth of the process's resident memory while loading it.
     pub resident_bytes: u64,
+    pub plans: Vec<PlanReport>,
+    /// The fast ops of the batch-1 fast plan (whether or not it was kept).
+    pub fast: Option<fast::Summary>,
 }
+
+/// Timed runs of each candidate plan at load, alternating.
+const CHOICE_RUNS: usize = 3;
 
 pub struct TractEngine {
     variants: Vec<Variant>,
@@ -49,11 +80,30 @@ pub fn codegen_for_batch(batch: usize) -> Optimizer {
     opt
 }
 
-fn build_plan(
+/// Which convolution kernels a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// tract's own ops (with its `conv_nhwc` rewrite).
+    Stock,
+    /// The project's channel-last ops (`super::fast`) on this instruction set.
+    Fast(Isa),
+}
+
+impl Kernels {
+    pub fn name(self) -> String {
+        match self {
+            Kernels::Stock => "stock".into(),
+            Kernels::Fast(isa) => format!("fast-{}", isa.name()),
+        }
+    }
+}
+
+fn typed_model(
     proto: &tract_onnx::pb::ModelProto,
     spec: &VariantSpec,
     batch: usize,
-) -> Result<Plan> {
+) -> Result<TypedModel> {
     let shape = [
         batch,
         spec.input_shape[1] as usize,
@@ -62,38 +112,66 @@ fn build_plan(
     ];
     // The exported graph annotates intermediate shapes with the symbolic
     // batch "N": ignore them so a fixed batch can be imposed on the input.
-    let mut model = tract_onnx::onnx()
+    tract_onnx::onnx()
         .with_ignore_output_shapes(true)
         .with_ignore_value_info(true)
         .model_for_proto_model(proto)?
         .with_input_fact(0, f32::fact(shape).into())?
-        .into_typed()?
-        .into_decluttered()?;
+        .into_typed()
+}
+
+/// The optimized model of one plan, before it is made runnable.
+pub fn optimized_model(
+    proto: &tract_onnx::pb::ModelProto,
+    spec: &VariantSpec,
+    batch: usize,
+    kernels: Kernels,
+) -> Result<TypedModel> {
+    let mut model = typed_model(proto, spec, batch)?;
+    if let Kernels::Fast(isa) = kernels {
+        fast::swap_convs(&mut model, isa)?;
+    }
+    model.declutter()?;
     let nhwc = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
         .context("tract has no conv_nhwc transform")?;
     nhwc.transform(&mut model)?;
     model.declutter()?;
+    if kernels != Kernels::Stock {
+        fast::fuse_epilogues(&mut model)?;
+    }
     codegen_for_batch(batch).optimize(&mut model)?;
-    model.into_runnable()
+    Ok(model)
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &std::path::Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+/// The runnable plan of one batch size with the given kernels.
+pub fn build_plan(
+    proto: &tract_onnx::pb::ModelProto,
+    spec: &VariantSpec,
+    batch: usize,
+    kernels: Kernels,
+) -> Result<Plan> {
+    optimized_model(proto, spec, batch, kernels)?.into_runnable()
+}
+
+/// Parse an ONNX file and fold its constant `DequantizeLinear` weights.
+pub fn load_proto(path: &std::path::Path) -> Result<tract_onnx::pb::ModelProto> {
+    let mut proto = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    super::dequant::fold_constant_dequantize(&mut proto)
+        .with_context(|| format!("dequantizing the weights of {}", path.display()))?;
+    Ok(proto)
 }
 
 impl TractEngine {
     /// Load the named variants (all when `only` is empty) with one plan per
-    /// batch size. Checks each file's sha256 against the manifest.
+    /// batch size, running the kernels `choice` says. The manifest has
+    /// checked each file (sha256, names, shapes) when it was loaded.
     pub fn load(
         manifest: &Manifest,
         only: &[String],
         batch_sizes: &[usize],
+        choice: KernelChoice,
     ) -> Result<(TractEngine, Vec<VariantSpec>)> {
         let mut sizes: Vec<usize> = batch_sizes.iter().copied().filter(|b| *b > 0).collect();
         sizes.push(1);
@@ -116,26 +194,63 @@ impl TractEngine {
             .filter(|v| only.is_empty() || only.contains(&v.name))
         {
             let path = manifest.model_path(spec);
-            let digest = sha256_file(&path)?;
-            if digest != spec.sha256 {
+            if spec.input_shape[0] == 1 && sizes.iter().any(|b| *b > 1) {
                 bail!(
-                    "{}: sha256 {digest} does not match the manifest's {}",
-                    path.display(),
-                    spec.sha256
+                    "variant '{}' ({}) has a fixed batch dimension of 1: serve it with --batch-sizes 1",
+                    spec.name,
+                    path.display()
                 );
             }
+            let dims = [
+                spec.input_shape[1] as usize,
+                spec.input_shape[2] as usize,
+                spec.input_shape[3] as usize,
+            ];
             let rss_before = crate::memory::trimmed_resident_bytes();
             let t0 = Instant::now();
-            let mut proto = tract_onnx::onnx()
-                .proto_model_for_path(&path)
-                .with_context(|| format!("parsing {}", path.display()))?;
-            super::dequant::fold_constant_dequantize(&mut proto)
-                .with_context(|| format!("dequantizing the weights of {}", path.display()))?;
+            let proto = load_proto(&path)?;
             let mut plans = Vec::new();
+            let mut plan_reports = Vec::new();
+            let mut summary = None;
             for &b in &sizes {
-                let plan = build_plan(&proto, spec, b)
-                    .with_context(|| format!("building the batch-{b} plan of '{}'", spec.name))?;
+                let ctx = || format!("building the batch-{b} plan of '{}'", spec.name);
+                let fast_kernels = Kernels::Fast(Isa::detect());
+                let fast_plan = |summary: &mut Option<fast::Summary>| -> Result<Plan> {
+                    let model = optimized_model(&proto, spec, b, fast_kernels).with_context(ctx)?;
+                    if b == 1 {
+                        *summary = Some(fast::summarize(&model));
+                    }
+                    model.into_runnable()
+                };
+                let (plan, report) = match choice {
+                    KernelChoice::Stock => (
+                        build_plan(&proto, spec, b, Kernels::Stock).with_context(ctx)?,
+                        PlanReport::chosen(b, Kernels::Stock),
+                    ),
+                    KernelChoice::Fast => (
+                        fast_plan(&mut summary)?,
+                        PlanReport::chosen(b, fast_kernels),
+                    ),
+                    KernelChoice::Auto => {
+                        let stock =
+                            build_plan(&proto, spec, b, Kernels::Stock).with_context(ctx)?;
+                        let fast = fast_plan(&mut summary)?;
+                        let [stock_ms, fast_ms] = time_alternating(dims, b, [&stock, &fast])?;
+                        let (plan, kernels) = if fast_ms <= stock_ms {
+                            (fast, fast_kernels)
+                        } else {
+                            (stock, Kernels::Stock)
+                        };
+                        let report = PlanReport {
+                            stock_ms: Some(stock_ms),
+                            fast_ms: Some(fast_ms),
+                            ..PlanReport::chosen(b, kernels)
+                        };
+                        (plan, report)
+                    }
+                };
                 plans.push((b, plan));
+                plan_reports.push(report);
             }
             drop(proto);
             let load_time = t0.elapsed();
@@ -144,10 +259,13 @@ impl TractEngine {
                 name: spec.name.clone(),
                 load_time,
                 resident_bytes: rss_after.saturating_sub(rss_before),
+                plans: plan_reports,
+                fast: summary,
             });
             variants.push(Variant {
                 plans,
                 sizes: sizes.clone(),
+                dims,
             });
             specs.push(spec.clone());
         }
@@ -159,8 +277,24 @@ impl TractEngine {
             classes: 0,
             reports,
         };
-        let probe = engine.infer(0, 1, vec![0.0; 3 * 224 * 224])?;
-        engine.classes = probe.len();
+        // One probe per variant: every variant must answer with the same
+        // number of scores (they share the labels).
+        for (v, spec) in specs.iter().enumerate() {
+            let probe = engine
+                .infer(v, 1, vec![0.0; engine.input_len(v)])
+                .with_context(|| format!("running variant '{}' once", spec.name))?;
+            if v == 0 {
+                engine.classes = probe.len();
+            } else if probe.len() != engine.classes {
+                bail!(
+                    "variant '{}' gives {} scores per image but '{}' gives {}: the variants of one manifest must classify into the same labels",
+                    spec.name,
+                    probe.len(),
+                    specs[0].name,
+                    engine.classes
+                );
+            }
+        }
         Ok((engine, specs))
     }
 }
@@ -178,6 +312,10 @@ impl Engine for TractEngine {
         self.classes
     }
 
+    fn input_len(&self, v: usize) -> usize {
+        self.variants.get(v).map_or(0, |x| x.dims.iter().product())
+    }
+
     fn infer(&self, v: usize, batch: usize, input: Vec<f32>) -> Result<Vec<f32>> {
         let variant = self.variants.get(v).context("no such variant")?;
         let plan = variant
@@ -186,11 +324,59 @@ impl Engine for TractEngine {
             .find(|(b, _)| *b == batch)
             .map(|(_, p)| p)
             .with_context(|| format!("no plan for batch size {batch}"))?;
-        let per_image = input.len() / batch.max(1);
-        let side = ((per_image / 3) as f64).sqrt() as usize;
-        let x = tract_ndarray::Array4::from_shape_vec((batch, 3, side, side), input)?.into_tensor();
-        let mut out = plan.run(tvec![x.into()])?;
-        f32_values(&out.remove(0).into_tensor())
+        run_plan(plan, variant.dims, batch, input)
+    }
+}
+
+/// Run `batch` images of `dims` each (in the model's layout, back to back
+/// in `input`) through a plan.
+pub fn run_plan(plan: &Plan, dims: [usize; 3], batch: usize, input: Vec<f32>) -> Result<Vec<f32>> {
+    let [a, b, c] = dims;
+    if input.len() != batch * a * b * c {
+        bail!(
+            "{} input values for a batch of {batch} of [{a}, {b}, {c}]",
+            input.len()
+        );
+    }
+    let x = tract_ndarray::Array4::from_shape_vec((batch, a, b, c), input)?.into_tensor();
+    let mut out = plan.run(tvec![x.into()])?;
+    f32_values(&out.remove(0).into_tensor())
+}
+
+/// Median milliseconds of each plan over `CHOICE_RUNS` timed runs, taken
+/// in turn after one untimed run each, on a neutral input.
+fn time_alternating<const N: usize>(
+    dims: [usize; 3],
+    batch: usize,
+    plans: [&Plan; N],
+) -> Result<[f64; N]> {
+    let per_image: usize = dims.iter().product();
+    let input = vec![0.1f32; per_image * batch];
+    let mut times = [(); N].map(|_| Vec::with_capacity(CHOICE_RUNS));
+    for p in plans {
+        run_plan(p, dims, batch, input.clone())?;
+    }
+    for _ in 0..CHOICE_RUNS {
+        for (p, t) in plans.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            run_plan(p, dims, batch, input.clone())?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }))
+}
+
+impl PlanReport {
+    fn chosen(batch: usize, kernels: Kernels) -> PlanReport {
+        PlanReport {
+            batch,
+            kernels: kernels.name(),
+            stock_ms: None,
+            fast_ms: None,
+        }
     }
 }
 

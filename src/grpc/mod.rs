@@ -6,13 +6,14 @@
 
 mod inference;
 
-pub use inference::Inference;
+pub use inference::{grpc_timeout, Inference};
 
 use crate::error::ServeError;
+use crate::http::conn::{self, Pool, Protocol};
 use crate::http::AppState;
-use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -50,17 +51,19 @@ impl Health {
     }
 }
 
-/// Serve gRPC on `listener` until `shutdown` resolves (in-flight calls
-/// finish first). Returns the health handle so the caller can flip it to
-/// serving once the models are ready, and back when draining.
+/// Serve gRPC on `listener` through the connection layer (`http::conn`:
+/// the shared connection limit, header/idle timeouts, body deadline, and the
+/// HTTP/2 limits: concurrent streams per connection, keep-alive pings with a
+/// timeout, header-list size) until `stop` turns true; in-flight calls
+/// finish first. Messages are limited to `--max-body-bytes` both ways.
+/// Returns the health handle so the caller can flip it to serving once the
+/// models are ready, and back when draining.
 pub async fn start(
     listener: TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (
-    Health,
-    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-) {
+    pool: Arc<Pool>,
+    stop: watch::Receiver<bool>,
+) -> (Health, tokio::task::JoinHandle<()>) {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health(reporter);
     health.set(false).await;
@@ -68,11 +71,7 @@ pub async fn start(
     let inference = GrpcInferenceServiceServer::new(Inference::new(state))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
-        .add_service(inference)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let routes = tonic::service::Routes::new(health_service).add_service(inference);
+    let server = conn::serve(listener, Protocol::Grpc, routes, pool, stop);
     (health, tokio::spawn(server))
 }

@@ -1,67 +1,143 @@
 //! Health, variants and metrics endpoints.
 
+use super::openapi::ErrorBody;
 use super::AppState;
 use crate::error::ServeError;
+use crate::manifest::Preprocess;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use std::sync::atomic::Ordering;
+use serde::Serialize;
 
-pub async fn live() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "live" }))
+/// `{"status": "live"}` or `{"status": "ready"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    #[schema(example = "ready")]
+    pub status: &'static str,
 }
 
+/// The live latency model of one batch size.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LatencyInfo {
+    pub batch_size: usize,
+    /// Decayed mean execution time of a batch.
+    pub mean_ms: f64,
+    /// Decayed mean absolute deviation.
+    pub deviation_ms: f64,
+    /// What routing assumes: mean + k × deviation.
+    pub predicted_ms: f64,
+    pub observations: u64,
+}
+
+/// One loaded variant.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VariantInfo {
+    pub name: String,
+    pub description: String,
+    pub file: String,
+    /// Model input and output tensor names.
+    pub input: String,
+    pub output: String,
+    /// Manifest top-1 accuracy; `null`: unknown (routed to only when pinned or alone).
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
+    pub file_bytes: u64,
+    pub params: u64,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
+    pub sha256: String,
+    /// `[-1, 3, crop, crop]` (NCHW) or `[-1, crop, crop, 3]` (NHWC).
+    pub input_shape: Vec<i64>,
+    /// How an image becomes this variant's input.
+    pub preprocess: Preprocess,
+    /// Growth of resident memory while it loaded.
+    pub resident_bytes: i64,
+    pub batch_sizes_paying_off: Vec<usize>,
+    pub latency: Vec<LatencyInfo>,
+}
+
+/// `GET /v1/variants`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Variants {
+    pub variants: Vec<VariantInfo>,
+    /// Mean decode + preprocessing time of an image.
+    pub preprocess_mean_ms: f64,
+    /// Inference worker threads.
+    pub workers: usize,
+}
+
+#[utoipa::path(get, path = "/health/live", operation_id = "health_live", tag = "health",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "The process is live", body = Status)))]
+pub async fn live() -> impl IntoResponse {
+    Json(Status { status: "live" })
+}
+
+#[utoipa::path(get, path = "/health/ready", operation_id = "health_ready", tag = "health",
+    summary = "Readiness: every variant is loaded and warmed, and the server is not draining",
+    responses((status = 200, description = "Ready to classify", body = Status),
+        (status = 503, description = "`not_ready` (loading) or `shutting_down`", body = ErrorBody)))]
 pub async fn ready(State(st): State<AppState>) -> Result<impl IntoResponse, ServeError> {
     st.ready_service()?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(Json(Status { status: "ready" }))
 }
 
+#[utoipa::path(get, path = "/v1/variants", operation_id = "variants", tag = "slimserve",
+    summary = "The loaded variants: manifest data, preprocessing, memory, live latency model",
+    responses((status = 200, description = "The loaded variants", body = Variants),
+        (status = 503, description = "`not_ready`: models are still loading", body = ErrorBody)))]
 pub async fn variants(State(st): State<AppState>) -> Result<impl IntoResponse, ServeError> {
     let svc = st.service.get().ok_or(ServeError::NotReady)?;
     let profile = svc.batcher.profile();
-    let list: Vec<_> = svc
+    let variants = svc
         .specs
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let latency: Vec<_> = profile.variants[i]
+        .map(|(i, s)| VariantInfo {
+            name: s.name.clone(),
+            description: s.description.clone(),
+            file: s.file.clone(),
+            input: s.input.clone(),
+            output: s.output.clone(),
+            top1: s.top1,
+            top5: s.top5,
+            file_bytes: s.file_bytes,
+            params: s.params,
+            macs: s.macs,
+            sha256: s.sha256.clone(),
+            input_shape: s.input_shape.clone(),
+            preprocess: s.preprocess.clone(),
+            resident_bytes: st
+                .metrics
+                .variant_resident
+                .with_label_values(&[&s.name])
+                .get(),
+            batch_sizes_paying_off: profile.paying_sizes(i),
+            latency: profile.variants[i]
                 .by_batch
                 .iter()
-                .map(|(b, stat)| {
-                    serde_json::json!({
-                        "batch_size": b,
-                        "mean_ms": stat.mean * 1e3,
-                        "deviation_ms": stat.dev * 1e3,
-                        "predicted_ms": profile.predict(i, *b).as_secs_f64() * 1e3,
-                        "observations": stat.count,
-                    })
+                .map(|(b, stat)| LatencyInfo {
+                    batch_size: *b,
+                    mean_ms: stat.mean * 1e3,
+                    deviation_ms: stat.dev * 1e3,
+                    predicted_ms: profile.predict(i, *b).as_secs_f64() * 1e3,
+                    observations: stat.count,
                 })
-                .collect();
-            serde_json::json!({
-                "name": s.name,
-                "description": s.description,
-                "file": s.file,
-                "top1": s.top1,
-                "top5": s.top5,
-                "file_bytes": s.file_bytes,
-                "params": s.params,
-                "macs": s.macs,
-                "sha256": s.sha256,
-                "input_shape": s.input_shape,
-                "resident_bytes": st.metrics.variant_resident.with_label_values(&[&s.name]).get(),
-                "batch_sizes_paying_off": profile.paying_sizes(i),
-                "latency": latency,
-            })
+                .collect(),
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "variants": list,
-        "preprocess_mean_ms": profile.preprocess.mean * 1e3,
-        "workers": svc.batcher.workers(),
-    })))
+    Ok(Json(Variants {
+        variants,
+        preprocess_mean_ms: profile.preprocess.mean * 1e3,
+        workers: svc.batcher.workers(),
+    }))
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
+    summary = "Prometheus metrics (text exposition format): `slimserve_*` and `process_*`",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(svc) = st.service.get() {
         let profile = svc.batcher.profile();
@@ -75,9 +151,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         }
         st.metrics.queue_depth.set(svc.batcher.queued() as i64);
     }
-    st.metrics.ready.set(i64::from(
-        st.service.get().is_some() && !st.draining.load(Ordering::SeqCst),
-    ));
+    st.metrics.ready.set(i64::from(st.ready_service().is_ok()));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],

@@ -16,7 +16,11 @@ pub async fn read_limited(
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
-            Err(e) => return Err(on_error(format!("reading the body: {e}"))),
+            Err(e) => {
+                return Err(
+                    body_error(&e).unwrap_or_else(|| on_error(format!("reading the body: {e}")))
+                )
+            }
         };
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
@@ -27,6 +31,14 @@ pub async fn read_limited(
         }
     }
     Ok(Bytes::from(buf))
+}
+
+/// The error to answer when a body read failed because the connection
+/// layer's deadline cut it (see `super::deadline`); `None` for other failures.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> Option<ServeError> {
+    super::deadline::find_timeout(e).map(|t| ServeError::BodyTimeout {
+        waited_ms: t.waited.as_secs_f64() * 1e3,
+    })
 }
 
 /// The outcome of the checks made before reading the body, with the body still unread; on an

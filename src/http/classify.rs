@@ -1,6 +1,6 @@
 //! `POST /classify`: the raw image as the body, or multipart field `image`.
 
-use super::body::{checked_before_body, discard, read_limited};
+use super::body::{body_error, checked_before_body, discard, read_limited};
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
@@ -73,17 +73,16 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         let mut mp = axum::extract::Multipart::from_request(req, &())
             .await
             .map_err(|e| ServeError::BadMultipart(e.body_text()))?;
-        while let Some(field) = mp
-            .next_field()
-            .await
-            .map_err(|e| ServeError::BadMultipart(e.body_text()))?
-        {
+        let bad = |e: axum::extract::multipart::MultipartError| {
+            body_error(&e).unwrap_or_else(|| ServeError::BadMultipart(e.body_text()))
+        };
+        while let Some(field) = mp.next_field().await.map_err(bad)? {
             if field.name() == Some("image") {
                 return field.bytes().await.map_err(|e| {
                     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                         ServeError::BodyTooLarge { limit }
                     } else {
-                        ServeError::BadMultipart(e.body_text())
+                        bad(e)
                     }
                 });
             }
@@ -101,6 +100,37 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
     read_limited(req.into_body(), limit, ServeError::BadImage).await
 }
 
+#[utoipa::path(post, path = "/classify", operation_id = "classify", tag = "slimserve",
+    summary = "Classify one image within a latency budget",
+    description = "The body is the encoded image (raw) or a multipart form with the image in field `image`. The server routes the request to the most accurate variant predicted to meet the budget, or refuses it at once (503 `budget_unmeetable`) rather than answering late.",
+    params(
+        ("top_k" = Option<usize>, Query, description = "Labels to return (default 5, at most --max-top-k)", minimum = 1),
+        ("X-SLA-Ms" = Option<f64>, Header, description = "Latency budget in milliseconds (default --default-sla-ms); the deadline is arrival + budget"),
+        ("X-Variant" = Option<String>, Header, description = "Pin a variant by name (400 `unknown_variant` lists the valid ones)"),
+        ("X-Min-Accuracy" = Option<f64>, Header, description = "Exclude variants whose manifest top-1 is lower (0..1); variants of unknown accuracy are excluded too"),
+    ),
+    request_body(content(
+        (super::openapi::ImageBody = "image/*"),
+        (super::openapi::ImageBody = "application/octet-stream"),
+        (super::openapi::ClassifyForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "The answer", body = crate::service::Classification, headers(
+            ("X-Variant" = String, description = "The variant that answered"),
+            ("X-Route" = String, description = "Why: pinned, most_accurate, downgraded, accuracy_unknown"),
+            ("X-Batch-Size" = usize, description = "Size of the batch it ran in"),
+            ("X-Queue-Ms" = f64, description = "Time queued"),
+            ("X-Preprocess-Ms" = f64, description = "Decode and preprocessing time"),
+            ("X-Inference-Ms" = f64, description = "Inference time of the batch"),
+            ("X-Total-Ms" = f64, description = "Arrival to answer"),
+        )),
+        (status = 400, description = "Bad input: `empty_body`, `bad_image`, `bad_multipart`, `bad_header`, `bad_parameter`, `unknown_variant`, `no_variant_accurate_enough`", body = super::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`, `image_too_large`", body = super::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`, `unknown_image_format`", body = super::openapi::ErrorBody),
+        (status = 503, description = "`budget_unmeetable`, `queue_full` (with Retry-After), `not_ready`, `shutting_down`", body = super::openapi::ErrorBody),
+        (status = 504, description = "`deadline_expired`, `answer_late`: never answered late", body = super::openapi::ErrorBody),
+        (status = 500, description = "`internal`", body = super::openapi::ErrorBody),
+    ))]
 pub async fn classify(State(st): State<AppState>, req: Request) -> Response {
     let arrival = Instant::now();
     let svc = match st.ready_service() {

@@ -3,16 +3,22 @@
 mod admin;
 pub(crate) mod body;
 pub(crate) mod classify;
+pub mod conn;
+pub mod deadline;
+pub mod live;
+pub mod openapi;
+pub mod page;
 
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::service::Service;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Shared by every handler of both transports (HTTP and gRPC). The service appears once models are loaded and
 /// warmed; until then the server is live but not ready.
@@ -41,7 +47,11 @@ impl AppState {
         if self.draining.load(Ordering::SeqCst) {
             return Err(ServeError::ShuttingDown);
         }
-        self.service.get().ok_or(ServeError::NotReady)
+        let svc = self.service.get().ok_or(ServeError::NotReady)?;
+        if !svc.batcher.healthy() {
+            return Err(ServeError::WorkersFailing);
+        }
+        Ok(svc)
     }
 }
 
@@ -65,14 +75,24 @@ async fn not_found() -> ServeError {
     ServeError::NoSuchEndpoint
 }
 
+/// The REST routes, each registered with its OpenAPI annotation (so the
+/// document cannot miss one of them): `openapi::document` is built from this.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(classify::classify))
+        .routes(routes!(admin::variants))
+        .routes(routes!(live::live))
+        .routes(routes!(admin::live))
+        .routes(routes!(admin::ready))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(page::index))
+        .routes(routes!(page::asset))
+}
+
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/classify", post(classify::classify))
-        .route("/v1/variants", get(admin::variants))
-        .route("/health/live", get(admin::live))
-        .route("/health/ready", get(admin::ready))
-        .route("/metrics", get(admin::metrics))
-        .merge(crate::kserve::router())
+    let (api, _) = api_router().split_for_parts();
+    api.merge(crate::kserve::router())
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ServeError::Internal("handler panicked".into()).into_response()

@@ -3,7 +3,7 @@
 //! batcher, and shape the output (logits or the classification extension).
 //! HTTP and gRPC only translate their encodings to and from these types.
 
-use super::model::{crop, num_classes, Kind, Model, MAX_IMAGES_PER_REQUEST};
+use super::model::{num_classes, tensor_dims, Kind, Model, MAX_IMAGES_PER_REQUEST};
 use super::stats::Stats;
 use crate::batching::Outcome;
 use crate::engine::top_k;
@@ -120,15 +120,12 @@ pub fn check_input(
             )
         })?;
     let ok = match model.kind {
-        Kind::Tensor => {
-            let c = crop(svc);
-            shape.len() == 4 && shape[1..] == [3, c, c]
-        }
+        Kind::Tensor => shape.len() == 4 && shape[1..] == tensor_dims(svc, model)[..],
         Kind::Image => matches!(shape, [_] | [_, 1]),
     };
     if !ok {
         let want = match model.kind {
-            Kind::Tensor => format!("[N,3,{0},{0}]", crop(svc)),
+            Kind::Tensor => format!("{:?}", tensor_dims(svc, model)).replacen('[', "[N,", 1),
             Kind::Image => "[N] or [N,1]".into(),
         };
         return Err(bad(
@@ -167,13 +164,13 @@ pub fn items(svc: &Service, model: &Model, n: usize, data: InputData) -> Result<
                 InputData::RawF32(raw) => super::binary::f32_from_le(&raw)?,
                 _ => return Err(bad("data", "input 'input' needs FP32 data")),
             };
-            let c = crop(svc) as usize;
-            let per = 3 * c * c;
+            let dims = tensor_dims(svc, model);
+            let per = dims.iter().product::<i64>() as usize;
             if data.len() != per * n {
                 return Err(bad(
                     "data",
                     format!(
-                        "input '{name}' has {} elements, {n} images of [3,{c},{c}] need {}",
+                        "input '{name}' has {} elements, {n} images of {dims:?} need {}",
                         data.len(),
                         per * n
                     ),
@@ -317,7 +314,7 @@ async fn run(
                 let (svc, route) = (svc.clone(), route.clone());
                 set.spawn(async move {
                     let r = async {
-                        let (t, pre) = svc.preprocess_image(b).await?;
+                        let (t, pre) = svc.preprocess_image(b, &route).await?;
                         Ok((svc.infer(t, &route, arrival, deadline).await?, pre))
                     }
                     .await;

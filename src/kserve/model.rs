@@ -49,16 +49,24 @@ impl Model {
     /// behind it, as Triton reports a batching model (clients such as
     /// perf_analyzer take the shape of one item from what follows the `-1`).
     pub fn input_shape(&self, svc: &Service) -> Vec<i64> {
-        let c = crop(svc);
-        match self.kind {
-            Kind::Tensor => vec![-1, 3, c, c],
-            Kind::Image => vec![-1, 1],
-        }
+        let mut shape = vec![-1];
+        shape.extend(tensor_dims(svc, self));
+        shape
     }
 }
 
-pub fn crop(svc: &Service) -> i64 {
-    i64::from(svc.preprocess.crop)
+/// One image's input dims without the batch: the pinned variant's input
+/// (`[3, 224, 224]` for the bundled models, NHWC for an NHWC model), or
+/// `[1]` for the encoded-image models.
+pub fn tensor_dims(svc: &Service, m: &Model) -> Vec<i64> {
+    let spec = m
+        .variant
+        .as_deref()
+        .and_then(|n| svc.specs.iter().find(|s| s.name == n));
+    match (m.kind, spec) {
+        (Kind::Tensor, Some(s)) => s.input_shape[1..].to_vec(),
+        _ => vec![1],
+    }
 }
 
 pub fn num_classes(svc: &Service) -> usize {
@@ -155,15 +163,11 @@ pub struct ConfigInfo {
 }
 
 pub fn config(svc: &Service, m: &Model) -> ConfigInfo {
-    let c = crop(svc);
     ConfigInfo {
         name: m.name.clone(),
         variant: m.variant.clone().unwrap_or_default(),
         max_batch_size: MAX_IMAGES_PER_REQUEST,
-        input_dims: match m.kind {
-            Kind::Tensor => vec![3, c, c],
-            Kind::Image => vec![1],
-        },
+        input_dims: tensor_dims(svc, m),
         output_dims: vec![num_classes(svc) as i64],
         preferred_batch_sizes: svc.config.batch_sizes.clone(),
         max_queue_delay: if svc.config.batch_sizes.is_empty() {

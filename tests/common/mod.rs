@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of it
 
 use slimserve::config::{ModelArgs, ServeArgs};
+use slimserve::engine::tract::KernelChoice;
 use slimserve::manifest::bundled_models_dir;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,8 +24,8 @@ impl Server {
 pub fn args(variants: &[&str]) -> ServeArgs {
     ServeArgs {
         model: ModelArgs {
-            models: bundled_models_dir(),
-            variants: variants.iter().map(|s| s.to_string()).collect(),
+            kernels: KernelChoice::Fast,
+            ..ModelArgs::bundled(variants)
         },
         batch_sizes: vec![1],
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -42,6 +43,7 @@ pub fn args(variants: &[&str]) -> ServeArgs {
         preprocess_slots: Some(2),
         warmup_runs: 2,
         shutdown_timeout_secs: 10,
+        conn: Default::default(),
     }
 }
 

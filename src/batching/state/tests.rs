@@ -38,7 +38,7 @@ fn state(workers: usize, batch_cost: f64) -> State<Job> {
         .iter()
         .map(|(n, t, _)| VariantMeta {
             name: n.to_string(),
-            top1: *t,
+            top1: Some(*t),
         })
         .collect();
     State::new(variants, profile, Policy::default(), workers)
@@ -336,4 +336,72 @@ fn punctual_starts_leave_no_margin() {
     }
     assert_eq!(s.profile.wait_error.margin(), Duration::ZERO);
     assert_eq!(submit(&mut s, 99, 60, now).unwrap().variant, 0);
+}
+
+#[test]
+fn an_idle_server_does_not_refuse_for_ever_after_a_slow_spell() {
+    let t = Instant::now();
+    let mut profile = LatencyModel::new(&[vec![1]]);
+    profile.seed(0, 1, &[MS(40); 4]);
+    let mut s = State::new(
+        vec![VariantMeta {
+            name: "full".into(),
+            top1: Some(0.75),
+        }],
+        profile,
+        Policy::default(),
+        1,
+    );
+    // A slow spell (another process took the cores): executions of 400 ms.
+    for _ in 0..40 {
+        s.finish(0, 0, 1, MS(400));
+    }
+    assert!(s.profile.predict(0, 1) > MS(150));
+    // Idle now, but 150 ms requests are refused: nothing runs, so nothing
+    // would re-measure the variant. Each refusal relaxes the prediction
+    // toward the warm-up until one is admitted.
+    let mut now = t;
+    let mut refused = 0;
+    while submit(&mut s, refused, 150, now).is_err() {
+        refused += 1;
+        now += MS(10);
+        assert!(
+            refused < 100,
+            "still refusing: {:?}",
+            s.profile.predict(0, 1)
+        );
+    }
+    assert!(refused > 0);
+    // It runs at its real (warm-up) speed, and the next one is admitted.
+    run(s.next(0, now));
+    s.finish(0, 0, 1, MS(40));
+    assert!(submit(&mut s, 1000, 150, now + MS(50)).is_ok());
+}
+
+#[test]
+fn a_busy_server_keeps_its_predictions_when_it_refuses() {
+    let t = Instant::now();
+    let mut profile = LatencyModel::new(&[vec![1]]);
+    profile.seed(0, 1, &[MS(40); 4]);
+    let mut s = State::new(
+        vec![VariantMeta {
+            name: "full".into(),
+            top1: Some(0.75),
+        }],
+        profile,
+        Policy::default(),
+        1,
+    );
+    for _ in 0..20 {
+        s.finish(0, 0, 1, MS(100));
+    }
+    // The worker is busy: refusals come from the backlog, not from an
+    // idle server, and teach the model nothing.
+    submit(&mut s, 1, 1000, t).unwrap();
+    run(s.next(0, t));
+    let before = s.profile.predict(0, 1);
+    for i in 10..20 {
+        assert!(submit(&mut s, i, 120, t).is_err());
+    }
+    assert_eq!(s.profile.predict(0, 1), before);
 }

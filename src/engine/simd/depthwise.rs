@@ -1,0 +1,188 @@
+//! The depthwise convolution kernel, generic over the vector type, on one
+//! channel-last image. Channels are the vector lanes, so every stride is as
+//! fast as stride 1 (no scalar path). Output pixels whose whole window is
+//! inside the image run in blocks of `P` pixels with the taps unrolled (for
+//! 3- and 5-wide kernels at strides 1 and 2); the border pixels, and other
+//! kernel shapes, run one pixel at a time over their valid taps. Bias and the
+//! clamp are applied before the one store.
+
+use super::{Clamp, PackedDepthwise, Vector};
+
+/// One output pixel over the taps `kx0..kx1` of the rows `ky0..ky1`, for the
+/// channel vector at `ch`.
+///
+/// # Safety
+/// The window rows/columns are inside the image; `ch + n <= c` where `n` is
+/// `V::LANES` or the tail length.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pixel<V: Vector>(
+    w: &PackedDepthwise,
+    input: *const f32,
+    out: *mut f32,
+    oy: usize,
+    ox: usize,
+    ch: usize,
+    tail: usize,
+    clamp: Clamp,
+) {
+    unsafe {
+        let g = &w.geo;
+        let taps = w.taps.as_slice().as_ptr();
+        let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
+        let ix0 = (ox * g.stride) as isize - g.pad_left as isize;
+        let ky0 = (-iy0).max(0) as usize;
+        let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
+        let kx0 = (-ix0).max(0) as usize;
+        let kx1 = ((g.w as isize - ix0).min(g.kw as isize)).max(0) as usize;
+        let mut acc = V::load(w.bias.as_slice().as_ptr().add(ch));
+        for ky in ky0..ky1 {
+            let iy = (iy0 + ky as isize) as usize;
+            for kx in kx0..kx1 {
+                let ix = (ix0 + kx as isize) as usize;
+                let ip = input.add((iy * g.w + ix) * g.c + ch);
+                let x = if tail == 0 {
+                    V::load(ip)
+                } else {
+                    V::load_partial(ip, tail)
+                };
+                let t = V::load(taps.add((ky * g.kw + kx) * w.cp + ch));
+                acc = V::fma(x, t, acc);
+            }
+        }
+        let v = V::min(V::max(acc, V::splat(clamp.lo)), V::splat(clamp.hi));
+        let op = out.add((oy * g.ow + ox) * g.c + ch);
+        if tail == 0 {
+            V::store(op, v);
+        } else {
+            V::store_partial(op, v, tail);
+        }
+    }
+}
+
+/// `P` output pixels from `ox` on, whose windows are inside the image
+/// horizontally, over the valid rows `ky0..ky1`, for the full channel
+/// vector at `ch`.
+///
+/// # Safety
+/// `ox + P - 1` is an interior column; `ch + LANES <= c`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn interior<V: Vector, const KW: usize, const S: usize, const P: usize>(
+    w: &PackedDepthwise,
+    input: *const f32,
+    out: *mut f32,
+    oy: usize,
+    ox: usize,
+    ky0: usize,
+    ky1: usize,
+    ch: usize,
+    lo: V,
+    hi: V,
+) {
+    unsafe {
+        let g = &w.geo;
+        let taps = w.taps.as_slice().as_ptr();
+        let iy0 = oy * S + ky0 - g.pad_top;
+        let ix0 = ox * S - g.pad_left;
+        let b = V::load(w.bias.as_slice().as_ptr().add(ch));
+        let mut acc = [b; P];
+        for ky in ky0..ky1 {
+            let row = input.add(((iy0 + ky - ky0) * g.w + ix0) * g.c + ch);
+            let trow = taps.add(ky * KW * w.cp + ch);
+            for kx in 0..KW {
+                let t = V::load(trow.add(kx * w.cp));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = V::fma(V::load(row.add((j * S + kx) * g.c)), t, *a);
+                }
+            }
+        }
+        let op = out.add((oy * g.ow + ox) * g.c + ch);
+        for (j, a) in acc.iter().enumerate() {
+            V::store(op.add(j * g.c), V::min(V::max(*a, lo), hi));
+        }
+    }
+}
+
+/// The interior columns: those whose window is inside the image.
+fn interior_columns(w: &PackedDepthwise) -> (usize, usize) {
+    let g = &w.geo;
+    let first = g.pad_left.div_ceil(g.stride).min(g.ow);
+    // last ox with ox*s - pad + kw <= w
+    let end = if g.w + g.pad_left >= g.kw {
+        ((g.w + g.pad_left - g.kw) / g.stride + 1).min(g.ow)
+    } else {
+        0
+    };
+    (first, end.max(first))
+}
+
+/// # Safety
+/// The instruction set of `V` is enabled in the caller; `input` and `out`
+/// hold the geometry's image and output (checked by [`super::depthwise`]).
+#[inline(always)]
+pub(super) unsafe fn depthwise<V: Vector>(
+    w: &PackedDepthwise,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
+    unsafe {
+        let g = w.geo;
+        let (ip, op) = (input.as_ptr(), out.as_mut_ptr());
+        let (x0, x1) = interior_columns(w);
+        let full = g.c / V::LANES * V::LANES;
+        let tail = g.c - full;
+        let (lo, hi) = (V::splat(clamp.lo), V::splat(clamp.hi));
+        let unrolled = matches!((g.kw, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+        // One interior block of $p pixels at `ox`, every full channel vector.
+        macro_rules! block {
+            ($oy:expr, $ox:expr, $ky0:expr, $ky1:expr, $p:literal) => {{
+                let mut ch = 0;
+                while ch < full {
+                    let (oy, ox, ky0, ky1) = ($oy, $ox, $ky0, $ky1);
+                    match (g.kw, g.stride) {
+                        (3, 1) => interior::<V, 3, 1, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
+                        (3, 2) => interior::<V, 3, 2, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
+                        (5, 1) => interior::<V, 5, 1, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
+                        _ => interior::<V, 5, 2, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
+                    }
+                    ch += V::LANES;
+                }
+                if tail > 0 {
+                    for j in 0..$p {
+                        pixel::<V>(w, ip, op, $oy, $ox + j, full, tail, clamp);
+                    }
+                }
+            }};
+        }
+        for oy in 0..g.oh {
+            let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
+            let ky0 = (-iy0).max(0) as usize;
+            let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
+            let mut ox = 0;
+            while ox < g.ow {
+                if unrolled && ox >= x0 && ox + 8 <= x1 {
+                    block!(oy, ox, ky0, ky1, 8);
+                    ox += 8;
+                } else if unrolled && ox >= x0 && ox + 4 <= x1 {
+                    block!(oy, ox, ky0, ky1, 4);
+                    ox += 4;
+                } else if unrolled && ox >= x0 && ox < x1 {
+                    block!(oy, ox, ky0, ky1, 1);
+                    ox += 1;
+                } else {
+                    let mut ch = 0;
+                    while ch < full {
+                        pixel::<V>(w, ip, op, oy, ox, ch, 0, clamp);
+                        ch += V::LANES;
+                    }
+                    if tail > 0 {
+                        pixel::<V>(w, ip, op, oy, ox, full, tail, clamp);
+                    }
+                    ox += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Every unsafe SIMD kernel of the engine lives under this module, behind a
+//! safe API: bounds are checked here, once per call, before any raw pointer
+//! is formed. Each kernel is written once, generic over [`Vector`], and
+//! instantiated for AVX-512 (`avx512.rs`) and AVX2+FMA (`avx2.rs`); the
+//! instruction set is detected at run time. `portable.rs` holds the safe,
+//! plain-Rust twin of every kernel, used on CPUs without those features and
+//! as the reference the SIMD kernels are tested against (`tests.rs`).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod depthwise;
+mod gemm;
+pub mod portable;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+/// The instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run kernels of this instruction set.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every instruction set this CPU supports, best last.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
+    }
+
+    /// The best supported instruction set, or the one named by the
+    /// `SLIMSERVE_SIMD` environment variable (`portable`, `avx2`, `avx512`)
+    /// when this CPU supports it.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = *Isa::available().last().unwrap_or(&Isa::Portable);
+            match std::env::var("SLIMSERVE_SIMD").ok().as_deref() {
+                Some(name) => Isa::available()
+                    .into_iter()
+                    .find(|i| i.name() == name)
+                    .unwrap_or(best),
+                None => best,
+            }
+        })
+    }
+
+    /// f32 lanes of one vector (the padding unit of packed data).
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Portable => 8,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+        }
+    }
+}
+
+/// What the kernels apply to each output after the bias: a clamp to
+/// `[lo, hi]` (ReLU6 is `[0, 6]`; no activation is `[-inf, inf]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Clamp {
+    pub const NONE: Clamp = Clamp {
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY
+    }
+
+    /// The clamp of `self` followed by a clamp to `[lo, hi]`.
+    pub fn then(self, lo: f32, hi: f32) -> Clamp {
+        Clamp {
+            lo: self.lo.max(lo).min(hi),
+            hi: self.hi.min(hi).max(lo),
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(&self, v: f32) -> f32 {
+        v.max(self.lo).min(self.hi)
+    }
+}
+
+/// A 64-byte aligned, zero-padded buffer of f32 (packed weights, biases).
+#[derive(Clone)]
+pub struct AlignedVec {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([f32; 16]);
+
+impl AlignedVec {
+    pub fn zeroed(len: usize) -> AlignedVec {
+        AlignedVec {
+            blocks: vec![Block([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `Block` is `repr(C)` over `[f32; 16]`, so the blocks are
+        // `16 * blocks.len() >= len` contiguous, initialised f32.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<f32>(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * 64
+    }
+}
+
+impl std::fmt::Debug for AlignedVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedVec({} f32)", self.len)
+    }
+}
+
+/// One vertical strip of packed weights: `nv` vectors wide, run `mr` rows
+/// at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Panel {
+    pub n0: usize,
+    /// Valid columns (the last vector may be partial).
+    pub cols: usize,
+    pub nv: usize,
+    pub mr: usize,
+    /// Offset of the panel in the packed data: `k * nv * lanes` floats.
+    pub offset: usize,
+}
+
+/// The weights of a `K x N` matrix product with its bias, packed once for
+/// one instruction set: panels of whole vectors, `K` rows each, so the
+/// micro-kernel reads them sequentially.
+#[derive(Clone)]
+pub struct PackedGemm {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    panels: Vec<Panel>,
+    data: AlignedVec,
+    /// Bias padded to whole vectors.
+    bias: AlignedVec,
+}
+
+impl std::fmt::Debug for PackedGemm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedGemm({}x{}, {}, {} panels)",
+            self.k,
+            self.n,
+            self.isa.name(),
+            self.panels.len()
+        )
+    }
+}
+
+/// Panel widths (vectors) and row blocks for an instruction set: as many
+/// panels of the widest shape as fit, then one narrower panel.
+fn plan_panels(isa: Isa, n: usize, k: usize) -> Vec<Panel> {
+    let l = isa.lanes();
+    let vectors = n.div_ceil(l);
+    let (wide, shapes): (usize, &[(usize, usize)]) = match isa {
+        // (nv, mr): 24 accumulators of 32 zmm registers; the narrower
+        // shapes keep the remainder panel busy.
+        Isa::Avx512 => (3, &[(1, 12), (2, 12), (3, 8)]),
+        // 12 accumulators of 16 ymm registers.
+        Isa::Avx2 => (2, &[(1, 12), (2, 6)]),
+        Isa::Portable => (vectors.max(1), &[]),
+    };
+    let mut panels = Vec::new();
+    let mut v = 0;
+    let mut offset = 0;
+    while v < vectors {
+        let nv = (vectors - v).min(wide);
+        let mr = shapes
+            .iter()
+            .find(|(s, _)| *s == nv)
+            .map_or(1, |(_, mr)| *mr);
+        let n0 = v * l;
+        panels.push(Panel {
+            n0,
+            cols: (n - n0).min(nv * l),
+            nv,
+            mr,
+            offset,
+        });
+        offset += k * nv * l;
+        v += nv;
+    }
+    panels
+}
+
+impl PackedGemm {
+    /// Pack `w`, a `k x n` row-major matrix (`w[i * n + j]`), and its bias
+    /// (`n` values) for `isa`.
+    pub fn new(isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedGemm {
+        assert_eq!(w.len(), k * n, "weights are not {k} x {n}");
+        assert_eq!(bias.len(), n, "bias is not {n} long");
+        let l = isa.lanes();
+        let panels = plan_panels(isa, n, k);
+        let total: usize = panels.iter().map(|p| k * p.nv * l).sum();
+        let mut data = AlignedVec::zeroed(total);
+        let d = data.as_mut_slice();
+        for p in &panels {
+            let width = p.nv * l;
+            for kk in 0..k {
+                let row = &w[kk * n + p.n0..kk * n + p.n0 + p.cols];
+                d[p.offset + kk * width..p.offset + kk * width + p.cols].copy_from_slice(row);
+            }
+        }
+        let mut b = AlignedVec::zeroed(n.div_ceil(l) * l);
+        b.as_mut_slice()[..n].copy_from_slice(bias);
+        PackedGemm {
+            isa,
+            k,
+            n,
+            panels,
+            data,
+            bias: b,
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held by the packed weights and bias.
+    pub fn bytes(&self) -> usize {
+        self.data.bytes() + self.bias.bytes()
+    }
+}
+
+/// A residual added after the clamp: `res[i * stride + j]` for output row
+/// `i`, column `j`.
+#[derive(Debug, Clone, Copy)]
+pub struct Residual<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+/// `c[i * ldc + j] = clamp(sum_k a[i * lda + k] * w[k][j] + bias[j]) (+ res)`
+/// for the `m` rows of `a`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    w: &PackedGemm,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    c: &mut [f32],
+    ldc: usize,
+    clamp: Clamp,
+    res: Option<Residual>,
+) {
+    if m == 0 {
+        return;
+    }
+    assert!(lda >= w.k && ldc >= w.n, "row strides shorter than rows");
+    assert!(
+        a.len() >= (m - 1) * lda + w.k,
+        "a holds fewer than {m} rows"
+    );
+    assert!(
+        c.len() >= (m - 1) * ldc + w.n,
+        "c holds fewer than {m} rows"
+    );
+    if let Some(r) = &res {
+        assert!(
+            r.stride >= w.n && r.data.len() >= (m - 1) * r.stride + w.n,
+            "residual holds fewer than {m} rows"
+        );
+    }
+    assert!(
+        w.isa.is_supported(),
+        "{} is not supported here",
+        w.isa.name()
+    );
+    match w.isa {
+        // SAFETY: the instruction set is supported (checked above) and every
+        // slice holds the rows and columns the kernel touches (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::gemm(w, m, a, lda, c, ldc, clamp, res) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::gemm(w, m, a, lda, c, ldc, clamp, res) },
+        _ => portable::gemm(w, m, a, lda, c, ldc, clamp, res),
+    }
+}
+
+/// Geometry of a depthwise convolution on one channel-last image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DwGeometry {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl DwGeometry {
+    /// Checks the geometry is self-consistent: every output pixel's window
+    /// starts inside the padded input.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = self.c > 0
+            && self.kh > 0
+            && self.kw > 0
+            && self.stride > 0
+            && self.oh > 0
+            && self.ow > 0
+            && self.pad_top < self.kh
+            && self.pad_left < self.kw
+            && (self.oh - 1) * self.stride < self.h + self.pad_top
+            && (self.ow - 1) * self.stride < self.w + self.pad_left;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("inconsistent depthwise geometry {self:?}"))
+        }
+    }
+}
+
+/// Depthwise weights (`kh * kw` taps of `c` channels) and bias, packed with
+/// channels padded to whole vectors.
+#[derive(Clone)]
+pub struct PackedDepthwise {
+    isa: Isa,
+    geo: DwGeometry,
+    /// Channels rounded up to whole vectors.
+    cp: usize,
+    taps: AlignedVec,
+    bias: AlignedVec,
+}
+
+impl std::fmt::Debug for PackedDepthwise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedDepthwise({:?}, {})", self.geo, self.isa.name())
+    }
+}
+
+impl PackedDepthwise {
+    /// `w[ch][kh][kw]` (ONNX's `C x 1 x KH x KW`), `bias[ch]`.
+    pub fn new(
+        isa: Isa,
+        geo: DwGeometry,
+        w: &[f32],
+        bias: &[f32],
+    ) -> Result<PackedDepthwise, String> {
+        geo.validate()?;
+        let (c, taps) = (geo.c, geo.kh * geo.kw);
+        if w.len() != c * taps || bias.len() != c {
+            return Err(format!(
+                "depthwise weights hold {} values and bias {}, expected {} and {c}",
+                w.len(),
+                bias.len(),
+                c * taps
+            ));
+        }
+        let cp = c.div_ceil(isa.lanes()) * isa.lanes();
+        let mut packed = AlignedVec::zeroed(taps * cp);
+        let p = packed.as_mut_slice();
+        for ch in 0..c {
+            for t in 0..taps {
+                p[t * cp + ch] = w[ch * taps + t];
+            }
+        }
+        let mut b = AlignedVec::zeroed(cp);
+        b.as_mut_slice()[..c].copy_from_slice(bias);
+        Ok(PackedDepthwise {
+            isa,
+            geo,
+            cp,
+            taps: packed,
+            bias: b,
+        })
+    }
+
+    pub fn geometry(&self) -> &DwGeometry {
+        &self.geo
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.taps.bytes() + self.bias.bytes()
+    }
+}
+
+/// One image: `out[(oy * ow + ox) * c + ch] = clamp(bias + sum of taps)`.
+pub fn depthwise(w: &PackedDepthwise, input: &[f32], out: &mut [f32], clamp: Clamp) {
+    let g = &w.geo;
+    assert_eq!(input.len(), g.h * g.w * g.c, "input is not {g:?}");
+    assert_eq!(out.len(), g.oh * g.ow * g.c, "output is not {g:?}");
+    assert!(
+        w.isa.is_supported(),
+        "{} is not supported here",
+        w.isa.name()
+    );
+    match w.isa {
+        // SAFETY: supported instruction set; input and output sizes match the
+        // validated geometry (checked above and in `PackedDepthwise::new`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::depthwise(w, input, out, clamp) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::depthwise(w, input, out, clamp) },
+        _ => portable::depthwise(w, input, out, clamp),
+    }
+}
+
+/// f32 vector operations the generic kernels are written against.
+///
+/// # Safety
+/// Implementations are only called from functions compiled with the
+/// instruction set they need, on pointers valid for `LANES` floats (or `n`
+/// for the partial forms).
+pub(crate) unsafe trait Vector: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    /// The first `n <= LANES` lanes, zeros after (`n == 0` touches no memory).
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self;
+    unsafe fn store(p: *mut f32, v: Self);
+    unsafe fn store_partial(p: *mut f32, v: Self, n: usize);
+    /// `a * b + c`
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn max(a: Self, b: Self) -> Self;
+    unsafe fn min(a: Self, b: Self) -> Self;
+}

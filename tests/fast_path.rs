@@ -1,0 +1,134 @@
+//! The fast path (the project's own convolution kernels) against tract's
+//! stock plan: every variant, every batch size, every instruction set this
+//! CPU has, on the committed photos. Same logits within a stated tolerance,
+//! same top-1. (The onnxruntime reference test in models.rs runs both paths
+//! too.)
+
+use slimserve::engine::simd::Isa;
+use slimserve::engine::top_k;
+use slimserve::engine::tract::{build_plan, load_proto, run_plan, Kernels};
+use slimserve::manifest::{bundled_models_dir, Manifest, VariantSpec};
+use slimserve::preprocess::{preprocess, DecodeLimits};
+
+/// max |a - b| over max |b|.
+fn relative_diff(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+/// The committed photos, preprocessed, plus a mirrored copy of the first
+/// (so a batch of 4 holds four different images).
+fn images(spec: &VariantSpec) -> Vec<Vec<f32>> {
+    let dir = bundled_models_dir().join("testdata");
+    let mut out: Vec<Vec<f32>> = ["chelsea.png", "coffee.png", "rocket.jpg"]
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(f)).unwrap();
+            preprocess(&bytes, &spec.preprocess, DecodeLimits::default()).unwrap()
+        })
+        .collect();
+    let side = 224;
+    let mut mirrored = out[0].clone();
+    for row in mirrored.chunks_exact_mut(side) {
+        row.reverse();
+    }
+    out.push(mirrored);
+    out
+}
+
+#[test]
+fn the_fast_path_matches_the_stock_plan_on_every_variant_batch_and_isa() {
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let best = Isa::detect();
+    for spec in &manifest.variants {
+        let imgs = images(spec);
+        let dims = [1, 2, 3].map(|i| spec.input_shape[i] as usize);
+        let proto = load_proto(&manifest.model_path(spec)).unwrap();
+        // Float activations agree to rounding; the int8 QDQ variant's
+        // activation rounding can flip a tie, which then propagates.
+        let tol = if spec.name.contains("int8") && !spec.name.contains("w") {
+            3e-2
+        } else {
+            1e-4
+        };
+        let stock = build_plan(&proto, spec, 1, Kernels::Stock).unwrap();
+        let reference: Vec<Vec<f32>> = imgs
+            .iter()
+            .map(|x| run_plan(&stock, dims, 1, x.clone()).unwrap())
+            .collect();
+        for batch in [1, 2, 4] {
+            // Every instruction set on the first variant, the best on all.
+            let isas = if spec.name == manifest.variants[0].name {
+                Isa::available()
+            } else {
+                vec![best]
+            };
+            for isa in isas {
+                let fast = build_plan(&proto, spec, batch, Kernels::Fast(isa)).unwrap();
+                let input: Vec<f32> = imgs[..batch].concat();
+                let got = run_plan(&fast, dims, batch, input).unwrap();
+                let per = got.len() / batch;
+                for (i, want) in reference[..batch].iter().enumerate() {
+                    let row = &got[i * per..(i + 1) * per];
+                    let rel = relative_diff(row, want);
+                    println!(
+                        "{:<8} batch {batch} {:<8} image {i}: relative {rel:.2e}",
+                        spec.name,
+                        isa.name()
+                    );
+                    assert!(
+                        rel <= tol,
+                        "{} batch {batch} {isa:?} image {i}: {rel:.2e} > {tol:.0e}",
+                        spec.name
+                    );
+                    assert_eq!(
+                        top_k(row, 1)[0].0,
+                        top_k(want, 1)[0].0,
+                        "{} top-1",
+                        spec.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_swaps_every_convolution_and_fuses_the_epilogues() {
+    use slimserve::engine::fast::summarize;
+    use slimserve::engine::tract::optimized_model;
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let spec = manifest.variants.iter().find(|v| v.name == "full").unwrap();
+    let proto = load_proto(&manifest.model_path(spec)).unwrap();
+    let model = optimized_model(&proto, spec, 1, Kernels::Fast(Isa::detect())).unwrap();
+    let s = summarize(&model);
+    // EfficientNet-Lite0: stem, 16 depthwise, 32 pointwise (15 expand, 16
+    // project, head); ReLU6 after stem, every expand, every depthwise and the
+    // head; a residual add in 9 blocks.
+    assert_eq!((s.dense, s.depthwise, s.pointwise), (1, 16, 32), "{s:?}");
+    assert_eq!((s.fused_clamps, s.fused_residuals), (33, 9), "{s:?}");
+    let names: Vec<String> = model
+        .nodes
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect();
+    for stock in [
+        "Conv",
+        "DepthWiseConv",
+        "Max",
+        "Min",
+        "Add",
+        "OptBinChain(Max+Min)",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == stock),
+            "a {stock} is left: {names:?}"
+        );
+    }
+    let moves = names.iter().filter(|n| *n == "MoveAxis").count();
+    assert_eq!(moves, 1, "only the input moves channel-last: {names:?}");
+}
