@@ -22,6 +22,9 @@ pub struct Metrics {
     pub predicted_error: HistogramVec,
     pub predicted_latency: prometheus::GaugeVec,
     pub variant_resident: IntGaugeVec,
+    /// Per variant and part: `loaded_weights`, `packed_weights`, `plans`,
+    /// `activations_per_run` (see `engine::tract::LoadReport`).
+    pub variant_memory: IntGaugeVec,
     pub variant_file: IntGaugeVec,
     pub ready: IntGauge,
     /// Connection layer (`http::conn`), by listener (`http`, `grpc`).
@@ -169,8 +172,13 @@ impl Metrics {
             .expect("unique metric");
         let variant_resident = g(
             "slimserve_variant_resident_bytes",
-            "Resident memory growth measured around loading each variant.",
+            "Resident memory growth measured around loading each variant, less the plans dropped after warm-up.",
             &["variant"],
+        );
+        let variant_memory = g(
+            "slimserve_variant_memory_bytes",
+            "Memory of each variant by part: loaded_weights (resident growth while parsing, freed after the plans are built), packed_weights (the fast kernels' packs, shared by its plans), plans (resident growth building the plans kept after warm-up), activations_per_run (peak live activations of one batch-1 run, from its shapes).",
+            &["variant", "part"],
         );
         let variant_file = g(
             "slimserve_variant_file_bytes",
@@ -250,6 +258,7 @@ impl Metrics {
             predicted_error,
             predicted_latency,
             variant_resident,
+            variant_memory,
             variant_file,
             ready,
             connections_open,

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 /// server will put on them), dropping the first run, to seed the model.
 pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel {
     let sizes: Vec<Vec<usize>> = (0..engine.num_variants())
-        .map(|v| engine.batch_sizes(v).to_vec())
+        .map(|v| engine.batch_sizes(v))
         .collect();
     let mut model = LatencyModel::new(&sizes);
     for (v, vs) in sizes.iter().enumerate() {
@@ -48,31 +48,82 @@ pub fn build_service(
         &args.batch_sizes,
         args.model.kernels,
     )?;
-    for r in &engine.reports {
-        metrics
-            .variant_resident
-            .with_label_values(&[&r.name])
-            .set(r.resident_bytes as i64);
-        tracing::info!(
-            variant = r.name,
-            load_ms = r.load_time.as_millis() as u64,
-            resident_mb = r.resident_bytes >> 20,
-            "loaded"
-        );
-    }
     for s in &specs {
         metrics
             .variant_file
             .with_label_values(&[&s.name])
             .set(s.file_bytes as i64);
     }
-    let service = assemble_service(args, manifest, specs, Arc::new(engine), metrics)?;
+    let reports = engine.reports.clone();
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+    let service = assemble_service(args, manifest, specs, engine.clone(), metrics.clone())?;
+    let mut variants_bytes = 0u64;
+    let mut activations = 0usize;
+    for (v, r) in reports.iter().enumerate() {
+        let kept = engine.batch_sizes(v);
+        let plans: u64 = r
+            .plans
+            .iter()
+            .filter(|p| kept.contains(&p.batch))
+            .map(|p| p.resident_bytes)
+            .sum();
+        let dropped: u64 = r
+            .plans
+            .iter()
+            .filter(|p| !kept.contains(&p.batch))
+            .map(|p| p.resident_bytes)
+            .sum();
+        // What the variant holds now: its load growth less the plans dropped.
+        let held = r.resident_bytes.saturating_sub(dropped);
+        let per_run = r.plans.first().map_or(0, |p| p.activation_bytes);
+        activations = activations.max(per_run);
+        variants_bytes += held;
+        let set = |part: &str, b: u64| {
+            metrics
+                .variant_memory
+                .with_label_values(&[&r.name, part])
+                .set(b as i64)
+        };
+        set("loaded_weights", r.loaded_weights_bytes);
+        set("packed_weights", r.packed_bytes as u64);
+        set("plans", plans);
+        set("activations_per_run", per_run as u64);
+        metrics
+            .variant_resident
+            .with_label_values(&[&r.name])
+            .set(held as i64);
+        tracing::info!(
+            variant = r.name,
+            load_ms = r.load_time.as_millis() as u64,
+            resident_at_load_mb = mb(r.resident_bytes),
+            resident_mb = mb(held),
+            loaded_weights_mb = mb(r.loaded_weights_bytes),
+            packed_weights_mb = mb(r.packed_bytes as u64),
+            kept_plans_mb = mb(plans),
+            plans_kept = ?kept,
+            activations_per_run_mb = mb(per_run as u64),
+            "loaded"
+        );
+    }
+    let resident = crate::memory::trimmed_resident_bytes();
+    let workers = service.batcher.workers();
     tracing::info!(
         ready_after_ms = t0.elapsed().as_millis() as u64,
-        workers = service.batcher.workers(),
+        workers,
+        allocator = crate::memory::allocator(),
+        resident_mb = mb(resident),
+        variants_mb = mb(variants_bytes),
+        // Each worker runs one plan at a time: at most this many bytes of
+        // activations are alive per worker.
+        activations_per_worker_mb = mb(activations as u64),
+        rest_mb = mb(resident.saturating_sub(variants_bytes)),
         "ready"
     );
     Ok(service)
+}
+
+fn mb(b: u64) -> f64 {
+    (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0
 }
 
 /// Warm `engine` (serving `specs`, in order) and wire the batcher and the
@@ -86,12 +137,34 @@ pub fn assemble_service(
 ) -> Result<Arc<Service>> {
     let workers = args.workers.unwrap_or_else(default_workers).max(1);
     // Every variant has the same plans (sorted, deduplicated, with 1).
-    let plans = engine.batch_sizes(0).to_vec();
     let mut profile = warm_up(engine.as_ref(), workers, args.warmup_runs);
     profile.freeze_payoff();
+    let mut released = 0;
     for (i, s) in specs.iter().enumerate() {
-        tracing::info!(variant = s.name, predicted_ms = profile.predict(i, 1).as_secs_f64() * 1e3, paying_batch_sizes = ?profile.paying_sizes(i), "warmed");
+        let paying = if args.no_batching {
+            vec![1]
+        } else {
+            profile.paying_sizes(i)
+        };
+        let dropped = engine.release_plans(i, &paying);
+        released += dropped;
+        tracing::info!(variant = s.name, predicted_ms = profile.predict(i, 1).as_secs_f64() * 1e3, paying_batch_sizes = ?paying, plans_dropped = dropped, "warmed");
     }
+    if released > 0 {
+        // The dropped plans' weights and buffers go back to the system.
+        let rss = crate::memory::trimmed_resident_bytes();
+        tracing::info!(
+            plans_dropped = released,
+            resident_mb = rss >> 20,
+            "plans that do not pay dropped"
+        );
+    }
+    // Batch sizes some variant still has a plan for (advertised by KServe).
+    let mut plans: Vec<usize> = (0..engine.num_variants())
+        .flat_map(|v| engine.batch_sizes(v))
+        .collect();
+    plans.sort_unstable();
+    plans.dedup();
     let labels = manifest.labels_for(engine.num_classes())?;
     for s in specs.iter().filter(|s| s.top1.is_none()) {
         tracing::info!(

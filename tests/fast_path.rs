@@ -99,12 +99,13 @@ fn the_fast_path_matches_the_stock_plan_on_every_variant_batch_and_isa() {
 
 #[test]
 fn the_fast_path_swaps_every_convolution_and_fuses_the_epilogues() {
-    use slimserve::engine::fast::summarize;
+    use slimserve::engine::fast::{summarize, Packs};
     use slimserve::engine::tract::optimized_model;
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
     let spec = manifest.variants.iter().find(|v| v.name == "full").unwrap();
     let proto = load_proto(&manifest.model_path(spec)).unwrap();
-    let model = optimized_model(&proto, spec, 1, Kernels::Fast(Isa::detect())).unwrap();
+    let packs = Packs::default();
+    let model = optimized_model(&proto, spec, 1, Kernels::Fast(Isa::detect()), &packs).unwrap();
     let s = summarize(&model);
     // EfficientNet-Lite0: stem, 16 depthwise, 32 pointwise (15 expand, 16
     // project, head); ReLU6 after stem, every expand, every depthwise and the
@@ -131,4 +132,39 @@ fn the_fast_path_swaps_every_convolution_and_fuses_the_epilogues() {
     }
     let moves = names.iter().filter(|n| *n == "MoveAxis").count();
     assert_eq!(moves, 1, "only the input moves channel-last: {names:?}");
+}
+
+#[test]
+fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
+    use slimserve::engine::fast::{summarize, Packs};
+    use slimserve::engine::tract::optimized_model;
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let spec = manifest.variants.iter().find(|v| v.name == "pruned").unwrap();
+    let proto = load_proto(&manifest.model_path(spec)).unwrap();
+    let kernels = Kernels::Fast(Isa::detect());
+    let packs = Packs::default();
+    let one = optimized_model(&proto, spec, 1, kernels, &packs).unwrap();
+    let s = summarize(&one);
+    let ops = s.dense + s.depthwise + s.pointwise;
+    assert_eq!(packs.reused(), 0);
+    assert_eq!(packs.len(), ops);
+    assert_eq!(packs.bytes(), s.packed_bytes);
+    let four = optimized_model(&proto, spec, 4, kernels, &packs).unwrap();
+    // Every op of the batch-4 plan found its pack made for batch 1 ...
+    assert_eq!(packs.reused(), ops);
+    assert_eq!(packs.len(), ops);
+    assert_eq!(packs.bytes(), s.packed_bytes);
+    assert_eq!(summarize(&four).packed_bytes, s.packed_bytes);
+    // ... and the batch-4 plan still answers like four batch-1 runs.
+    let input = vec![0.25f32; 3 * 224 * 224];
+    let p1 = one.into_runnable().unwrap();
+    let p4 = four.into_runnable().unwrap();
+    let dims = [3, 224, 224];
+    let single = run_plan(&p1, dims, 1, input.clone()).unwrap();
+    let batch = run_plan(&p4, dims, 4, input.repeat(4)).unwrap();
+    for (i, chunk) in batch.chunks(single.len()).enumerate() {
+        for (a, b) in chunk.iter().zip(&single) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "image {i}: {a} vs {b}");
+        }
+    }
 }

@@ -148,7 +148,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             cells: vec![],
             profiles: vec![],
         };
-        for &b in engine.batch_sizes(0) {
+        for b in engine.batch_sizes(0) {
             for &w in &workers {
                 let c = measure(&engine, 0, b, w, args.seconds);
                 println!(

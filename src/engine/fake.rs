@@ -61,8 +61,8 @@ impl Engine for FakeEngine {
         self.variants.len()
     }
 
-    fn batch_sizes(&self, v: usize) -> &[usize] {
-        &self.variants[v].sizes
+    fn batch_sizes(&self, v: usize) -> Vec<usize> {
+        self.variants[v].sizes.clone()
     }
 
     fn num_classes(&self) -> usize {

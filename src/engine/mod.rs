@@ -1,12 +1,14 @@
 //! The inference engine behind a small trait, so the batcher and the
 //! transports can be tested with a fake engine. All tract calls live in
 //! `tract.rs`, `dequant.rs` (which edits the ONNX graph before tract
-//! builds plans from it) and `inspect.rs` (what a model file says about
-//! itself: names, shapes, parameter and MAC counts).
+//! builds plans from it), `inspect.rs` (what a model file says about
+//! itself: names, shapes, parameter and MAC counts), `footprint.rs` (the
+//! activation memory of a plan) and the project's own ops in `fast/`.
 
 pub mod dequant;
 pub mod fake;
 pub mod fast;
+pub mod footprint;
 pub mod inspect;
 pub mod profile;
 pub mod simd;
@@ -19,7 +21,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Number of variants, indexed 0..n in manifest order.
     fn num_variants(&self) -> usize;
     /// Batch sizes for which variant `v` has a plan, ascending; always holds 1.
-    fn batch_sizes(&self, v: usize) -> &[usize];
+    fn batch_sizes(&self, v: usize) -> Vec<usize>;
+    /// Drop the plans of variant `v` for batch sizes not in `keep` (the
+    /// warm-up found they do not pay), freeing their memory; the plan for 1
+    /// stays. Returns how many plans were dropped.
+    fn release_plans(&self, v: usize, keep: &[usize]) -> usize {
+        let _ = (v, keep);
+        0
+    }
     /// Logits per image.
     fn num_classes(&self) -> usize;
     /// Elements of one preprocessed image of variant `v`.

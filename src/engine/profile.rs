@@ -2,6 +2,7 @@
 //! `slimserve bench --profile`. Runs the optimized model node by node
 //! through tract's own evaluation, timing each node.
 
+use super::fast::Packs;
 use super::tract::{optimized_model, Kernels};
 use crate::manifest::VariantSpec;
 use anyhow::Result;
@@ -28,7 +29,7 @@ pub fn profile(
     kernels: Kernels,
     runs: usize,
 ) -> Result<Vec<NodeTime>> {
-    let model = optimized_model(proto, spec, batch, kernels)?;
+    let model = optimized_model(proto, spec, batch, kernels, &Packs::default())?;
     let plan = SimplePlan::new(model)?;
     let mut state = SimpleState::new(&plan)?;
     let per_image: usize = spec.input_shape[1..].iter().map(|d| *d as usize).product();

@@ -11,7 +11,7 @@ use super::simd::Isa;
 use super::Engine;
 use crate::manifest::{Manifest, VariantSpec};
 use anyhow::{bail, Context, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::optim::Optimizer;
@@ -23,9 +23,9 @@ pub const MERGE_AXES_PASS: &str = "MergeConsecutiveSameRoleAxes";
 pub type Plan = Arc<TypedRunnableModel>;
 
 struct Variant {
-    /// (batch size, plan), ascending.
-    plans: Vec<(usize, Plan)>,
-    sizes: Vec<usize>,
+    /// (batch size, plan), ascending; plans that do not pay are dropped
+    /// after warm-up (`release_plans`).
+    plans: Mutex<Vec<(usize, Plan)>>,
     /// One image's input dims, in the model's layout (`[3, h, w]` or `[h, w, 3]`).
     dims: [usize; 3],
 }
@@ -48,6 +48,12 @@ pub struct PlanReport {
     /// Median of the timed runs at load (`auto` only), milliseconds.
     pub stock_ms: Option<f64>,
     pub fast_ms: Option<f64>,
+    /// Growth of resident memory while this plan was built (with `auto`,
+    /// the discarded candidate's share is freed before the reading).
+    pub resident_bytes: u64,
+    /// Peak bytes of activations alive at once in one run (from the
+    /// plan's shapes, `footprint::peak_activation_bytes`).
+    pub activation_bytes: usize,
 }
 
 /// What loading one variant cost.
@@ -57,6 +63,13 @@ pub struct LoadReport {
     pub load_time: Duration,
     /// Growth of the process's resident memory while loading it.
     pub resident_bytes: u64,
+    /// Growth of resident memory while the ONNX file was parsed and its
+    /// weights dequantized: the weights as loaded (freed once the plans
+    /// are built).
+    pub loaded_weights_bytes: u64,
+    /// Bytes of the fast kernels' packed weights, one copy shared by every
+    /// plan of the variant.
+    pub packed_bytes: usize,
     pub plans: Vec<PlanReport>,
     /// The fast ops of the batch-1 fast plan (whether or not it was kept).
     pub fast: Option<fast::Summary>,
@@ -121,15 +134,19 @@ fn typed_model(
 }
 
 /// The optimized model of one plan, before it is made runnable.
+///
+/// Fast kernels take their packed weights from `packs` (packing them there
+/// first): the plans of one variant share one copy.
 pub fn optimized_model(
     proto: &tract_onnx::pb::ModelProto,
     spec: &VariantSpec,
     batch: usize,
     kernels: Kernels,
+    packs: &fast::Packs,
 ) -> Result<TypedModel> {
     let mut model = typed_model(proto, spec, batch)?;
     if let Kernels::Fast(isa) = kernels {
-        fast::swap_convs(&mut model, isa)?;
+        fast::swap_convs(&mut model, isa, packs)?;
     }
     model.declutter()?;
     let nhwc = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
@@ -143,14 +160,15 @@ pub fn optimized_model(
     Ok(model)
 }
 
-/// The runnable plan of one batch size with the given kernels.
+/// The runnable plan of one batch size with the given kernels (its fast
+/// ops' weights packed for it alone).
 pub fn build_plan(
     proto: &tract_onnx::pb::ModelProto,
     spec: &VariantSpec,
     batch: usize,
     kernels: Kernels,
 ) -> Result<Plan> {
-    optimized_model(proto, spec, batch, kernels)?.into_runnable()
+    optimized_model(proto, spec, batch, kernels, &fast::Packs::default())?.into_runnable()
 }
 
 /// Parse an ONNX file and fold its constant `DequantizeLinear` weights.
@@ -209,14 +227,18 @@ impl TractEngine {
             let rss_before = crate::memory::trimmed_resident_bytes();
             let t0 = Instant::now();
             let proto = load_proto(&path)?;
+            let rss_loaded = crate::memory::trimmed_resident_bytes();
+            let packs = fast::Packs::default();
             let mut plans = Vec::new();
             let mut plan_reports = Vec::new();
             let mut summary = None;
             for &b in &sizes {
+                let rss_plan = crate::memory::trimmed_resident_bytes();
                 let ctx = || format!("building the batch-{b} plan of '{}'", spec.name);
                 let fast_kernels = Kernels::Fast(Isa::detect());
                 let fast_plan = |summary: &mut Option<fast::Summary>| -> Result<Plan> {
-                    let model = optimized_model(&proto, spec, b, fast_kernels).with_context(ctx)?;
+                    let model = optimized_model(&proto, spec, b, fast_kernels, &packs)
+                        .with_context(ctx)?;
                     if b == 1 {
                         *summary = Some(fast::summarize(&model));
                     }
@@ -249,6 +271,12 @@ impl TractEngine {
                         (plan, report)
                     }
                 };
+                let report = PlanReport {
+                    resident_bytes: crate::memory::trimmed_resident_bytes()
+                        .saturating_sub(rss_plan),
+                    activation_bytes: super::footprint::peak_activation_bytes(plan.model())?,
+                    ..report
+                };
                 plans.push((b, plan));
                 plan_reports.push(report);
             }
@@ -259,12 +287,13 @@ impl TractEngine {
                 name: spec.name.clone(),
                 load_time,
                 resident_bytes: rss_after.saturating_sub(rss_before),
+                loaded_weights_bytes: rss_loaded.saturating_sub(rss_before),
+                packed_bytes: packs.bytes(),
                 plans: plan_reports,
                 fast: summary,
             });
             variants.push(Variant {
-                plans,
-                sizes: sizes.clone(),
+                plans: Mutex::new(plans),
                 dims,
             });
             specs.push(spec.clone());
@@ -304,8 +333,24 @@ impl Engine for TractEngine {
         self.variants.len()
     }
 
-    fn batch_sizes(&self, v: usize) -> &[usize] {
-        &self.variants[v].sizes
+    fn batch_sizes(&self, v: usize) -> Vec<usize> {
+        self.variants[v]
+            .plans
+            .lock()
+            .expect("plans lock")
+            .iter()
+            .map(|(b, _)| *b)
+            .collect()
+    }
+
+    fn release_plans(&self, v: usize, keep: &[usize]) -> usize {
+        let Some(variant) = self.variants.get(v) else {
+            return 0;
+        };
+        let mut plans = variant.plans.lock().expect("plans lock");
+        let before = plans.len();
+        plans.retain(|(b, _)| *b == 1 || keep.contains(b));
+        before - plans.len()
     }
 
     fn num_classes(&self) -> usize {
@@ -320,11 +365,13 @@ impl Engine for TractEngine {
         let variant = self.variants.get(v).context("no such variant")?;
         let plan = variant
             .plans
+            .lock()
+            .expect("plans lock")
             .iter()
             .find(|(b, _)| *b == batch)
-            .map(|(_, p)| p)
+            .map(|(_, p)| p.clone())
             .with_context(|| format!("no plan for batch size {batch}"))?;
-        run_plan(plan, variant.dims, batch, input)
+        run_plan(&plan, variant.dims, batch, input)
     }
 }
 
@@ -376,6 +423,8 @@ impl PlanReport {
             kernels: kernels.name(),
             stock_ms: None,
             fast_ms: None,
+            resident_bytes: 0,
+            activation_bytes: 0,
         }
     }
 }

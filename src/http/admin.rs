@@ -51,10 +51,28 @@ pub struct VariantInfo {
     pub input_shape: Vec<i64>,
     /// How an image becomes this variant's input.
     pub preprocess: Preprocess,
-    /// Growth of resident memory while it loaded.
+    /// Growth of resident memory while it loaded, less the plans dropped
+    /// after warm-up.
     pub resident_bytes: i64,
+    /// Where its memory goes.
+    pub memory: VariantMemory,
     pub batch_sizes_paying_off: Vec<usize>,
     pub latency: Vec<LatencyInfo>,
+}
+
+/// A variant's memory by part (also `slimserve_variant_memory_bytes`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VariantMemory {
+    /// Resident growth while the ONNX file was parsed and its weights
+    /// dequantized; freed once the plans are built.
+    pub loaded_weights_bytes: i64,
+    /// The fast kernels' packed weights: one copy, shared by every plan.
+    pub packed_weights_bytes: i64,
+    /// Resident growth while the plans kept after warm-up were built.
+    pub plans_bytes: i64,
+    /// Peak activations alive in one batch-1 run (from the plan's shapes);
+    /// each inference worker needs this much while it runs.
+    pub activations_per_run_bytes: i64,
 }
 
 /// `GET /v1/variants`.
@@ -113,6 +131,20 @@ pub async fn variants(State(st): State<AppState>) -> Result<impl IntoResponse, S
                 .variant_resident
                 .with_label_values(&[&s.name])
                 .get(),
+            memory: {
+                let part = |p: &str| {
+                    st.metrics
+                        .variant_memory
+                        .with_label_values(&[&s.name, p])
+                        .get()
+                };
+                VariantMemory {
+                    loaded_weights_bytes: part("loaded_weights"),
+                    packed_weights_bytes: part("packed_weights"),
+                    plans_bytes: part("plans"),
+                    activations_per_run_bytes: part("activations_per_run"),
+                }
+            },
             batch_sizes_paying_off: profile.paying_sizes(i),
             latency: profile.variants[i]
                 .by_batch

@@ -18,13 +18,14 @@
 
 pub mod conv;
 pub mod depthwise;
+pub mod packs;
 pub mod pointwise;
 
-use crate::engine::simd::{Clamp, DwGeometry, Isa, PackedDepthwise, PackedGemm};
+use crate::engine::simd::{Clamp, DwGeometry, Isa};
 use conv::{ConvGeometry, DenseConv};
 use depthwise::Depthwise;
+pub use packs::Packs;
 use pointwise::Pointwise;
-use std::sync::Arc;
 use tract_core::internal::*;
 use tract_core::model::Rewriter;
 use tract_core::ops::binary::TypedBinOp;
@@ -55,6 +56,7 @@ fn f32s(t: &Tensor) -> TractResult<Vec<f32>> {
 /// cover it (quantized, dilated, grouped but not depthwise, symbolic shapes).
 fn fast_op(
     isa: Isa,
+    packs: &Packs,
     model: &TypedModel,
     node: &TypedNode,
     op: &Conv,
@@ -96,7 +98,7 @@ fn fast_op(
                 wt[i * cout + o] = kv[o * cin + i];
             }
         }
-        let w = Arc::new(PackedGemm::new(isa, &wt, cin, cout, &bv));
+        let w = packs.gemm(isa, &wt, cin, cout, &bv);
         return Ok(Some(Box::new(Pointwise {
             w,
             clamp: Clamp::NONE,
@@ -116,9 +118,9 @@ fn fast_op(
             oh,
             ow,
         };
-        rule_if_let!(Ok(p) = PackedDepthwise::new(isa, geo, &kv, &bv));
+        rule_if_let!(Ok(w) = packs.depthwise(isa, geo, &kv, &bv));
         return Ok(Some(Box::new(Depthwise {
-            w: Arc::new(p),
+            w,
             clamp: Clamp::NONE,
         })));
     }
@@ -136,7 +138,7 @@ fn fast_op(
             ow,
         };
         let wt = conv::patch_major(&kv, cout, cin, kh, kw);
-        let w = Arc::new(PackedGemm::new(isa, &wt, geo.patch(), cout, &bv));
+        let w = packs.gemm(isa, &wt, geo.patch(), cout, &bv);
         return Ok(Some(Box::new(DenseConv {
             geo,
             w,
@@ -147,15 +149,16 @@ fn fast_op(
 }
 
 /// Step 1: swap every covered `Conv` of a typed (not yet decluttered)
-/// model for a channel-last fast op between two `MoveAxis`.
-pub fn swap_convs(model: &mut TypedModel, isa: Isa) -> TractResult<()> {
+/// model for a channel-last fast op between two `MoveAxis`. Weights are
+/// packed into `packs`, or taken from it when an earlier plan packed them.
+pub fn swap_convs(model: &mut TypedModel, isa: Isa, packs: &Packs) -> TractResult<()> {
     // Biases arrive through small reshapes: fold them so they are constant.
     model.prop_consts()?;
-    Rewriter::<()>::default()
+    Rewriter::<Packs>::default()
         .with_rule_for(
             "slim-conv",
-            move |_: &(), model: &TypedModel, node: &TypedNode, name: &str, op: &Conv| {
-                rule_if_some!(fast = fast_op(isa, model, node, op)?);
+            move |packs: &Packs, model: &TypedModel, node: &TypedNode, name: &str, op: &Conv| {
+                rule_if_some!(fast = fast_op(isa, packs, model, node, op)?);
                 let mut patch = TypedModelPatch::default();
                 let x = patch.tap_model(model, node.inputs[0])?;
                 let x = patch.wire_node(format!("{name}.nhwc"), AxisOp::Move(1, 3), &[x])?;
@@ -165,7 +168,7 @@ pub fn swap_convs(model: &mut TypedModel, isa: Isa) -> TractResult<()> {
                 Ok(Some(patch))
             },
         )
-        .rewrite(&(), model)
+        .rewrite(packs, model)
 }
 
 /// The value of a constant whose elements are all equal.
