@@ -2,6 +2,20 @@ use clap::Parser;
 use slimserve::config::{Cli, Command, ManifestCommand};
 use std::time::Duration;
 
+/// jemalloc (feature `jemalloc`, default): freed pages go back to the
+/// system a second after a burst (a background thread purges them), where
+/// glibc's per-thread arenas keep what each thread ever held.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (before `main`); the
+/// environment variable `_RJEM_MALLOC_CONF` overrides them.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = slimserve::memory::JEMALLOC_CONF;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -16,9 +30,9 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
+                let listener = slimserve::http::conn::bind(args.http_addr)?;
                 tracing::info!(addr = %listener.local_addr()?, "listening (HTTP)");
-                let grpc = tokio::net::TcpListener::bind(args.grpc_addr).await?;
+                let grpc = slimserve::http::conn::bind(args.grpc_addr)?;
                 tracing::info!(addr = %grpc.local_addr()?, "listening (gRPC)");
                 slimserve::server::serve(args, listener, grpc, slimserve::server::signal()).await
             })

@@ -53,6 +53,34 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// runtime's, logs, the blocking pool, connections being evicted.
 const RESERVED_FDS: u64 = 128;
 
+/// Evicted connections whose socket is not closed yet, at most: beyond it
+/// the accept loop waits for them to close before taking the next
+/// connection, so evicting never runs the process out of descriptors (a
+/// failed `accept` leaves connections, legitimate ones too, in the
+/// kernel's queue, and a full queue drops their SYNs: seconds of
+/// retransmission for the client).
+const MAX_CLOSING: usize = 64;
+
+/// Longest the accept loop waits for evicted connections to close.
+const CLOSING_WAIT: Duration = Duration::from_millis(200);
+
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`):
+/// a burst of connections waits in the kernel's queue instead of having its
+/// SYNs dropped while the accept loop makes room.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind a listener with [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raise the soft open-file limit to the hard limit; returns (soft before,
 /// soft after, hard) and logs them.
 pub fn raise_open_file_limit() -> (u64, u64, u64) {
@@ -153,6 +181,8 @@ pub struct Pool {
     /// Connections whose task has not ended yet (for draining).
     tasks: AtomicUsize,
     tasks_done: Notify,
+    /// Signalled whenever a connection closes (see `MAX_CLOSING`).
+    closed: Notify,
     last_log: Mutex<Option<Instant>>,
     at_limit: AtomicU64,
 }
@@ -181,6 +211,7 @@ impl Pool {
             next_id: AtomicU64::new(1),
             tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
+            closed: Notify::new(),
             last_log: Mutex::new(None),
             at_limit: AtomicU64::new(0),
         })
@@ -289,10 +320,36 @@ impl Pool {
 
     fn release(&self, id: u64, proto: Protocol) {
         self.conns.lock().expect("pool lock").remove(&id);
+        self.closed.notify_waiters();
         self.metrics
             .connections_open
             .with_label_values(&[proto.label()])
             .dec();
+    }
+
+    /// Evicted connections not closed yet.
+    fn closing(&self) -> usize {
+        self.conns
+            .lock()
+            .expect("pool lock")
+            .values()
+            .filter(|c| c.evicting.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Wait (at most `CLOSING_WAIT`) until fewer than `MAX_CLOSING`
+    /// evicted connections are still open.
+    async fn wait_for_closing(&self) {
+        let until = tokio::time::Instant::now() + CLOSING_WAIT;
+        loop {
+            let closed = self.closed.notified();
+            if self.closing() < MAX_CLOSING {
+                return;
+            }
+            if tokio::time::timeout_at(until, closed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Out of file descriptors: close the longest-idle connection, if any.
@@ -365,6 +422,7 @@ pub async fn serve<S, B>(
     let builder = builder(proto, &pool.limits);
     let mut backoff = Duration::from_millis(5);
     loop {
+        pool.wait_for_closing().await;
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             r = listener.accept() => r,
