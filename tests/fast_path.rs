@@ -9,6 +9,7 @@ use slimserve::engine::top_k;
 use slimserve::engine::tract::{build_plan, load_proto, run_plan, Kernels};
 use slimserve::manifest::{bundled_models_dir, Manifest, VariantSpec};
 use slimserve::preprocess::{preprocess, DecodeLimits};
+use tract_onnx::prelude::IntoRunnable;
 
 /// max |a - b| over max |b|.
 fn relative_diff(got: &[f32], expected: &[f32]) -> f32 {
@@ -139,7 +140,11 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
     use slimserve::engine::fast::{summarize, Packs};
     use slimserve::engine::tract::optimized_model;
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
-    let spec = manifest.variants.iter().find(|v| v.name == "pruned").unwrap();
+    let spec = manifest
+        .variants
+        .iter()
+        .find(|v| v.name == "pruned")
+        .unwrap();
     let proto = load_proto(&manifest.model_path(spec)).unwrap();
     let kernels = Kernels::Fast(Isa::detect());
     let packs = Packs::default();
@@ -164,7 +169,10 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
     let batch = run_plan(&p4, dims, 4, input.repeat(4)).unwrap();
     for (i, chunk) in batch.chunks(single.len()).enumerate() {
         for (a, b) in chunk.iter().zip(&single) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "image {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "image {i}: {a} vs {b}"
+            );
         }
     }
 }

@@ -30,10 +30,12 @@ fn mb(b: u64) -> f64 {
 }
 
 #[test]
-fn resident_growth_per_variant_stays_within_a_multiple_of_its_weights_and_batch_plans_share_them()
-{
+fn resident_growth_per_variant_stays_within_a_multiple_of_its_weights_and_batch_plans_share_them() {
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
-    // Once untimed: the first load also maps code and the allocator's arenas.
+    // Once unmeasured: the first load also maps code and the allocator's
+    // arenas. (A separate batch-1 load reuses the heap its predecessor
+    // freed, so its growth is not comparable; the ratio below is read
+    // within one load.)
     load(&manifest, "pruned", &[1]);
     for variant in ["full", "pruned"] {
         let (one, weights) = load(&manifest, variant, &[1]);
@@ -50,7 +52,10 @@ fn resident_growth_per_variant_stays_within_a_multiple_of_its_weights_and_batch_
                 .map(|p| (p.batch, (mb(p.resident_bytes) * 10.0).round() / 10.0))
                 .collect::<Vec<_>>()
         );
-        assert_eq!(one.packed_bytes, batches.packed_bytes, "one copy of the packs");
+        assert_eq!(
+            one.packed_bytes, batches.packed_bytes,
+            "one copy of the packs"
+        );
         assert!(
             batches.packed_bytes as f64 > 0.5 * weights,
             "{variant}: the convolutions' packed weights are not reported"
@@ -71,13 +76,6 @@ fn resident_growth_per_variant_stays_within_a_multiple_of_its_weights_and_batch_
         assert!(
             ratio <= MAX_BATCH_PLANS_RATIO,
             "{variant}: batch plans grow resident memory {ratio:.2}x the batch-1-only growth (> {MAX_BATCH_PLANS_RATIO})"
-        );
-        // The separate batch-1 load agrees (within the slack).
-        assert!(
-            (batches.resident_bytes as f64) <= MAX_BATCH_PLANS_RATIO * one.resident_bytes as f64 + SLACK_BYTES,
-            "{variant}: {:.1} MB with batch plans vs {:.1} MB without",
-            mb(batches.resident_bytes),
-            mb(one.resident_bytes)
         );
     }
 }

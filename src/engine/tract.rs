@@ -237,8 +237,8 @@ impl TractEngine {
                 let ctx = || format!("building the batch-{b} plan of '{}'", spec.name);
                 let fast_kernels = Kernels::Fast(Isa::detect());
                 let fast_plan = |summary: &mut Option<fast::Summary>| -> Result<Plan> {
-                    let model = optimized_model(&proto, spec, b, fast_kernels, &packs)
-                        .with_context(ctx)?;
+                    let model =
+                        optimized_model(&proto, spec, b, fast_kernels, &packs).with_context(ctx)?;
                     if b == 1 {
                         *summary = Some(fast::summarize(&model));
                     }
