@@ -61,6 +61,9 @@ const RESERVED_FDS: u64 = 128;
 /// retransmission for the client).
 const MAX_CLOSING: usize = 64;
 
+/// The least time a body is given to arrive, whatever the request's budget.
+const MIN_BODY_WINDOW: Duration = Duration::from_millis(200);
+
 /// Longest the accept loop waits for evicted connections to close.
 const CLOSING_WAIT: Duration = Duration::from_millis(200);
 
@@ -626,7 +629,10 @@ where
     }
     let guard = InFlight::new(state.clone(), pool.clone());
     let budget = request_budget(req.headers(), proto).unwrap_or(pool.limits.default_budget);
-    let deadline = arrival + budget.min(pool.limits.body_timeout);
+    // A budget shorter than any upload (1 ms) is answered `budget_unmeetable`
+    // once the body is in, not `body_timeout`: the body gets at least
+    // `MIN_BODY_WINDOW`.
+    let deadline = arrival + budget.max(MIN_BODY_WINDOW).min(pool.limits.body_timeout);
     let timed_out = Arc::new(AtomicBool::new(false));
     let reading = ReadingGuard::new(&state, req.body().is_end_stream());
     let (parts, body) = req.into_parts();
