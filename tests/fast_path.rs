@@ -125,6 +125,8 @@ fn the_fast_path_swaps_every_convolution_and_fuses_the_epilogues() {
         "Min",
         "Add",
         "OptBinChain(Max+Min)",
+        "OptMatMul",
+        "EinSum",
     ] {
         assert!(
             !names.iter().any(|n| n == stock),
@@ -150,7 +152,7 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
     let packs = Packs::default();
     let one = optimized_model(&proto, spec, 1, kernels, &packs).unwrap();
     let s = summarize(&one);
-    let ops = s.dense + s.depthwise + s.pointwise;
+    let ops = s.dense + s.depthwise + s.pointwise + s.matmul;
     assert_eq!(packs.reused(), 0);
     assert_eq!(packs.len(), ops);
     assert_eq!(packs.bytes(), s.packed_bytes);

@@ -5,7 +5,9 @@
 //!    float 2-D `Conv` with constant weights by `MoveAxis (NCHW -> NHWC)`,
 //!    one of our channel-last ops, `MoveAxis` back. 1x1 convolutions become
 //!    [`Pointwise`], depthwise ones [`Depthwise`], other dense ones
-//!    [`DenseConv`]. Weights are packed once, here.
+//!    [`DenseConv`]. A matrix product with constant weights (the
+//!    classifier) becomes a [`Pointwise`] too (`matmul`). Weights are packed
+//!    once, here.
 //! 2. tract's declutter then cancels the `MoveAxis` pairs between our ops
 //!    (it pushes them through the element-wise ops between), so activations
 //!    stay channel-last from the stem to the head.
@@ -13,11 +15,12 @@
 //!    of our ops into its kernel: the `Max`/`Min` of a clip (ReLU6), and for
 //!    a 1x1 convolution the residual `Add`.
 //!
-//! Everything else (the pooling, the classifier, Resize, Q/DQ) stays tract's.
+//! Everything else (the pooling, Resize, Q/DQ) stays tract's.
 //! The kernels themselves are in `super::simd`.
 
 pub mod conv;
 pub mod depthwise;
+pub mod matmul;
 pub mod packs;
 pub mod pointwise;
 
@@ -30,6 +33,7 @@ use tract_core::internal::*;
 use tract_core::model::Rewriter;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::{Add, Max, Min};
 use tract_core::ops::nn::DataFormat;
 
@@ -37,6 +41,8 @@ use tract_core::ops::nn::DataFormat;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     pub pointwise: usize,
+    /// Matrix products with constant weights (the classifier).
+    pub matmul: usize,
     pub depthwise: usize,
     pub dense: usize,
     pub fused_clamps: usize,
@@ -45,7 +51,7 @@ pub struct Summary {
     pub packed_bytes: usize,
 }
 
-fn f32s(t: &Tensor) -> TractResult<Vec<f32>> {
+pub(crate) fn f32s(t: &Tensor) -> TractResult<Vec<f32>> {
     Ok(t.cast_to::<f32>()?
         .try_as_plain_ram()?
         .as_slice::<f32>()?
@@ -166,6 +172,12 @@ pub fn swap_convs(model: &mut TypedModel, isa: Isa, packs: &Packs) -> TractResul
                 let y = patch.wire_node(format!("{name}.nchw"), AxisOp::Move(3, 1), &y)?;
                 patch.shunt_outside(model, node.id.into(), y[0])?;
                 Ok(Some(patch))
+            },
+        )
+        .with_rule_for(
+            "slim-matmul",
+            move |packs: &Packs, model: &TypedModel, node: &TypedNode, name: &str, op: &EinSum| {
+                matmul::swap_matmul(isa, packs, model, node, name, op)
             },
         )
         .rewrite(packs, model)
@@ -317,7 +329,12 @@ pub fn summarize(model: &TypedModel) -> Summary {
     let mut s = Summary::default();
     for node in &model.nodes {
         let (clamp, bytes) = if let Some(p) = node.op_as::<Pointwise>() {
-            s.pointwise += 1;
+            let rank = node.inputs.first().and_then(|i| model.outlet_fact(*i).ok());
+            if rank.is_some_and(|f| f.rank() == 2) {
+                s.matmul += 1;
+            } else {
+                s.pointwise += 1;
+            }
             s.fused_residuals += usize::from(p.residual);
             (p.clamp, p.w.bytes())
         } else if let Some(d) = node.op_as::<Depthwise>() {
