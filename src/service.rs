@@ -3,7 +3,7 @@
 //! to), route and queue through the batcher, await the answer within the
 //! deadline. HTTP `/classify` and the inference protocols all call this.
 
-use crate::batching::{Batcher, Inputs, Outcome};
+use crate::batching::{Batcher, Inputs, Outcome, Tensor};
 use crate::engine::top_k;
 use crate::error::ServeError;
 use crate::manifest::{Preprocess, VariantSpec};
@@ -228,14 +228,24 @@ impl Service {
         let tensors = tokio::task::spawn_blocking(move || {
             let img = preprocess::decode(&bytes, limits)?;
             preps
-                .iter()
-                .map(|p| preprocess::tensor(&img, p))
+                .into_iter()
+                .map(|prep| {
+                    let bytes = preprocess::resize_crop(&img, &prep)?;
+                    Ok(Tensor::Crop { bytes, prep })
+                })
                 .collect::<Result<Vec<_>, ServeError>>()
         })
         .await
         .map_err(|e| ServeError::Internal(format!("preprocessing task failed: {e}")))??;
         let tensor = if tensors.len() == 1 {
-            Inputs::same(tensors.into_iter().next().unwrap_or_default())
+            match tensors.into_iter().next() {
+                Some(t) => Inputs::same(t),
+                None => {
+                    return Err(ServeError::Internal(
+                        "no preprocessing for the request".into(),
+                    ))
+                }
+            }
         } else {
             Inputs::per_variant(tensors, slot)
         };

@@ -6,5 +6,5 @@ pub mod profile;
 pub mod state;
 mod worker;
 
-pub use inputs::Inputs;
+pub use inputs::{Inputs, Tensor};
 pub use worker::{Batcher, BatcherConfig, Job, Outcome};

@@ -346,7 +346,7 @@ fn run_batch(
     let mut input = Vec::with_capacity(size * s.engine.input_len(v));
     for q in &batch.items {
         match q.payload.input.for_variant(v) {
-            Some(t) => input.extend_from_slice(t),
+            Some(t) => t.append_to(&mut input),
             None => {
                 // Routing only picks variants the request was preprocessed
                 // for; should that ever break, answer instead of panicking.
