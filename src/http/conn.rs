@@ -64,6 +64,10 @@ const MAX_CLOSING: usize = 64;
 /// The least time a body is given to arrive, whatever the request's budget.
 const MIN_BODY_WINDOW: Duration = Duration::from_millis(200);
 
+/// Longest the accept loop waits for a connection to close when `accept`
+/// found no free descriptor.
+const NO_FDS_WAIT: Duration = Duration::from_millis(20);
+
 /// Longest the accept loop waits for evicted connections to close.
 const CLOSING_WAIT: Duration = Duration::from_millis(200);
 
@@ -117,7 +121,10 @@ impl Limits {
     /// From the flags; the connection limit is capped by the open-file
     /// limit `nofile` less a reserve.
     pub fn new(a: &ConnArgs, default_sla_ms: u64, nofile: u64) -> Limits {
-        let by_fds = nofile.saturating_sub(RESERVED_FDS).max(16) as usize;
+        // Evicted connections still closing hold descriptors too.
+        let by_fds = nofile
+            .saturating_sub(RESERVED_FDS + MAX_CLOSING as u64)
+            .max(16) as usize;
         let ms = |v: u64| Duration::from_millis(v.max(1));
         Limits {
             max_connections: a.max_connections.clamp(1, by_fds),
@@ -442,7 +449,13 @@ pub async fn serve<S, B>(
                     .with_label_values(&[proto.label(), if no_fds { "no_fds" } else { "other" }])
                     .inc();
                 if no_fds {
+                    // Room comes from a connection closing, not from time:
+                    // wait for one (briefly), without a growing back-off
+                    // that would leave legitimate connections queued.
                     pool.shed_idle();
+                    let closed = pool.closed.notified();
+                    let _ = tokio::time::timeout(NO_FDS_WAIT, closed).await;
+                    continue;
                 }
                 if is_transient(&e) {
                     continue;
@@ -845,7 +858,7 @@ mod tests {
     #[test]
     fn the_connection_limit_is_capped_by_the_open_file_limit() {
         let a = ConnArgs::default();
-        assert_eq!(Limits::new(&a, 1000, 1024).max_connections, 1024 - 128);
+        assert_eq!(Limits::new(&a, 1000, 1024).max_connections, 1024 - 128 - 64);
         assert_eq!(Limits::new(&a, 1000, 1 << 20).max_connections, 10_000);
     }
 
