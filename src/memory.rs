@@ -24,8 +24,12 @@ fn statm_field(i: usize) -> u64 {
 
 /// The binary's jemalloc settings (feature `jemalloc`): a background thread
 /// purges freed pages; dirty pages go back to the system after 1 s
-/// (jemalloc's default is 10 s), with no second "muzzy" stage.
-pub const JEMALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+/// (jemalloc's default is 10 s), with no second "muzzy" stage; one arena
+/// (the default is four per core): the workers' activations churn through
+/// one pool of pages instead of one per arena (pruned at 60 req/s: ~63
+/// instead of ~75 MB; per-thread caches keep the lock off the fast path).
+pub const JEMALLOC_CONF: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1\0";
 
 /// Which allocator serves this process's heap.
 pub fn allocator() -> &'static str {
