@@ -6,13 +6,20 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 
 /// The whole body, or `BodyTooLarge` (after discarding the rest) once it passes `limit` bytes.
-/// A failure to read the body becomes `on_error(message)`.
+/// A failure to read the body becomes `on_error(message)`. A body that declares more than
+/// `limit` (`Content-Length`) is refused before any of it is buffered; one that declares its
+/// length gets a buffer of that size at once (no doubling and copying as it arrives).
 pub async fn read_limited(
     mut body: Body,
     limit: usize,
     on_error: impl FnOnce(String) -> ServeError,
 ) -> Result<Bytes, ServeError> {
-    let mut buf = Vec::new();
+    let declared = declared_len(&body);
+    if declared > limit {
+        discard(body, limit).await;
+        return Err(ServeError::BodyTooLarge { limit });
+    }
+    let mut buf = Vec::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -31,6 +38,11 @@ pub async fn read_limited(
         }
     }
     Ok(Bytes::from(buf))
+}
+
+/// The length a body declares it has (at least), in bytes.
+pub fn declared_len(body: &Body) -> usize {
+    usize::try_from(http_body::Body::size_hint(body).lower()).unwrap_or(usize::MAX)
 }
 
 /// The error to answer when a body read failed because the connection
@@ -72,4 +84,55 @@ pub async fn discard(mut body: Body, max: usize) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body that arrives in chunks and declares no length.
+    struct Chunks(Vec<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn bad(m: String) -> ServeError {
+        ServeError::BadImage(m)
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_whether_it_declares_its_length_or_not() {
+        let declared = Body::from(vec![7u8; 20]);
+        assert_eq!(declared_len(&declared), 20);
+        let r = read_limited(declared, 10, bad).await;
+        assert!(
+            matches!(r, Err(ServeError::BodyTooLarge { limit: 10 })),
+            "{r:?}"
+        );
+        // Streamed in chunks, no length declared: caught as it arrives.
+        let streamed = Body::new(Chunks(vec![Bytes::from(vec![1u8; 4]); 4]));
+        assert_eq!(declared_len(&streamed), 0);
+        let r = read_limited(streamed, 10, bad).await;
+        assert!(
+            matches!(r, Err(ServeError::BodyTooLarge { limit: 10 })),
+            "{r:?}"
+        );
+        // At the limit: the whole body.
+        let ok = read_limited(Body::from(vec![3u8; 10]), 10, bad)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], &[3u8; 10][..]);
+    }
 }

@@ -1,6 +1,6 @@
 //! `POST /classify`: the raw image as the body, or multipart field `image`.
 
-use super::body::{body_error, checked_before_body, discard, read_limited};
+use super::body::{body_error, checked_before_body, declared_len, discard, read_limited};
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
@@ -69,6 +69,10 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = ctype.split(';').next().unwrap_or("").trim().to_string();
+    if declared_len(req.body()) > limit {
+        discard(req.into_body(), limit).await;
+        return Err(ServeError::BodyTooLarge { limit });
+    }
     if essence == "multipart/form-data" {
         let mut mp = axum::extract::Multipart::from_request(req, &())
             .await
