@@ -26,10 +26,10 @@ SLIMSERVE_BIN=${SLIMSERVE_BIN:-target/release/slimserve}
 SOAK_BIN=${SOAK_BIN:-target/release/soak}
 TARGET=127.0.0.1:$PORT
 
-start_server() { # $1: log file; prints the pid
+start_server() { # $1: log file; sets PID (a child of this shell, so `wait` gets its exit code)
   ( ulimit -n 1024; exec "$SLIMSERVE_BIN" serve --models models --http-addr "$TARGET" \
       --grpc-addr "127.0.0.1:$GPORT" --shutdown-timeout-secs 20 >"$1" 2>&1 ) &
-  echo $!
+  PID=$!
 }
 wait_ready() { # prints seconds to ready
   local t0; t0=$(date +%s.%N)
@@ -41,14 +41,14 @@ wait_ready() { # prints seconds to ready
   done
   echo "server not ready" >&2; return 1
 }
-stop_server() { # $1: pid; prints "exit_code seconds"
+stop_server() { # $1: pid; sets RC (its exit code) and T (seconds to exit)
   local t0; t0=$(date +%s.%N)
   kill -TERM "$1" 2>/dev/null || true
-  local rc=0; wait "$1" || rc=$?
-  echo "$rc $(echo "$(date +%s.%N) - $t0" | bc)"
+  RC=0; wait "$1" || RC=$?
+  T=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
-PID=$(start_server "$OUT/server1.log")
+start_server "$OUT/server1.log"
 trap 'kill $PID 2>/dev/null || true' EXIT
 wait_ready >/dev/null
 if [ -z "${RATE:-}" ]; then
@@ -60,17 +60,17 @@ else
 fi
 "$SOAK_BIN" run --target "$TARGET" --rate "$RATE" --duration "$DURATION" --pid "$PID" \
   --out "$OUT/run1.json" >/dev/null
-read -r RC1 T1 < <(stop_server "$PID")
+stop_server "$PID"; RC1=$RC; T1=$T
 
-PID=$(start_server "$OUT/server2.log")
+start_server "$OUT/server2.log"
 wait_ready >/dev/null
 "$SOAK_BIN" run --target "$TARGET" --rate "$RATE" --duration "$DURATION2" --pid "$PID" \
   --sigterm-at "$SIGTERM_AT" --out "$OUT/run2.json" >/dev/null
 RC2=0; wait "$PID" || RC2=$?
 EXIT2=$(grep -o 'stopped' "$OUT/server2.log" | head -1 || true)
-PID=$(start_server "$OUT/server3.log")
+start_server "$OUT/server3.log"
 READY3=$(wait_ready)
-read -r RC3 T3 < <(stop_server "$PID")
+stop_server "$PID"; RC3=$RC; T3=$T
 trap - EXIT
 {
   echo "capacity(full)=$CAP rate=$RATE factor=$FACTOR"
