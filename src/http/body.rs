@@ -10,15 +10,12 @@ use std::time::Duration;
 /// `limit` (`Content-Length`) is refused before any of it is buffered; one that declares its
 /// length gets a buffer of that size at once (no doubling and copying as it arrives).
 pub async fn read_limited(
-    mut body: Body,
+    body: Body,
     limit: usize,
     on_error: impl FnOnce(String) -> ServeError,
 ) -> Result<Bytes, ServeError> {
     let declared = declared_len(&body);
-    if declared > limit {
-        discard(body, limit).await;
-        return Err(ServeError::BodyTooLarge { limit });
-    }
+    let mut body = refuse_declared_oversize(body, limit).await?;
     let mut buf = Vec::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -43,6 +40,17 @@ pub async fn read_limited(
 /// The length a body declares it has (at least), in bytes.
 pub fn declared_len(body: &Body) -> usize {
     usize::try_from(http_body::Body::size_hint(body).lower()).unwrap_or(usize::MAX)
+}
+
+/// `BodyTooLarge` for a body that declares more than `limit` bytes, after draining up to
+/// `2 × limit` of it unbuffered (the client is usually still uploading; see `discard`);
+/// otherwise the body, unread.
+pub async fn refuse_declared_oversize(body: Body, limit: usize) -> Result<Body, ServeError> {
+    if declared_len(&body) > limit {
+        discard(body, limit.saturating_mul(2)).await;
+        return Err(ServeError::BodyTooLarge { limit });
+    }
+    Ok(body)
 }
 
 /// The error to answer when a body read failed because the connection

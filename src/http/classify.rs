@@ -1,6 +1,8 @@
 //! `POST /classify`: the raw image as the body, or multipart field `image`.
 
-use super::body::{body_error, checked_before_body, declared_len, discard, read_limited};
+use super::body::{
+    body_error, checked_before_body, discard, read_limited, refuse_declared_oversize,
+};
 use super::AppState;
 use crate::error::ServeError;
 use crate::service::{budget_from_ms, RequestOptions};
@@ -69,10 +71,8 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, ServeError> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = ctype.split(';').next().unwrap_or("").trim().to_string();
-    if declared_len(req.body()) > limit {
-        discard(req.into_body(), limit).await;
-        return Err(ServeError::BodyTooLarge { limit });
-    }
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, refuse_declared_oversize(body, limit).await?);
     if essence == "multipart/form-data" {
         let mut mp = axum::extract::Multipart::from_request(req, &())
             .await
