@@ -142,6 +142,16 @@ pub struct VariantEntry {
     pub macs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Side the model runs at when it differs from the crop: its graph
+    /// resizes the preprocessed crop to `resize` × `resize` (bilinear), so a
+    /// resolution rung shares its file and its preprocessing with others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resize: Option<u32>,
+    /// Why a variant stays although another is both faster and at least as
+    /// accurate (smaller file, an integer engine's graph...): the router
+    /// then never picks it for speed, only when pinned or alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off_front: Option<String>,
     #[serde(default, skip_serializing_if = "PreprocessPatch::is_empty")]
     pub preprocess: PreprocessPatch,
 }
@@ -164,6 +174,11 @@ pub struct VariantSpec {
     pub params: u64,
     pub macs: u64,
     pub sha256: String,
+    /// Side the model runs at, when its graph resizes the crop (see
+    /// `VariantEntry::resize`).
+    pub resize: Option<u32>,
+    /// Off the accuracy/latency front, and why (see `VariantEntry::off_front`).
+    pub off_front: Option<String>,
     pub preprocess: Preprocess,
 }
 
@@ -382,6 +397,8 @@ impl Manifest {
                 params: Some(v.params),
                 macs: Some(v.macs),
                 sha256: Some(v.sha256.clone()),
+                resize: v.resize,
+                off_front: v.off_front.clone(),
                 preprocess: PreprocessPatch::default(),
             };
             if v.preprocess != first {
@@ -725,7 +742,30 @@ fn resolve_variant(
     let fixed: Vec<usize> = std::iter::once(1)
         .chain(input_shape[1..].iter().map(|d| *d as usize))
         .collect();
-    let macs = inspect::macs(&info.proto, &fixed)
+    let rung;
+    let proto = match v.resize {
+        None => &info.proto,
+        Some(to) => {
+            if to == 0 || to > MAX_SIDE {
+                bail!("{what}: resize = {to}: expected 1..={MAX_SIDE}");
+            }
+            let mut p = info.proto.clone();
+            crate::engine::rescale::prepend_resize(
+                &mut p,
+                &input.name,
+                preprocess.layout == Layout::NCHW,
+                preprocess.crop,
+                to,
+            )
+            .with_context(|| format!("{what}: resize = {to}"))?;
+            rung = p;
+            &rung
+        }
+    };
+    if v.off_front.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        bail!("{what}: off_front is empty: say why the variant stays off the front, or delete it");
+    }
+    let macs = inspect::macs(proto, &fixed)
         .map_err(|e| anyhow!("{e:#}"))
         .with_context(|| {
             format!(
@@ -747,6 +787,8 @@ fn resolve_variant(
         params: info.params,
         macs,
         sha256: info.sha256,
+        resize: v.resize,
+        off_front: v.off_front.clone(),
         preprocess,
     };
     Ok((spec, classes))

@@ -6,7 +6,7 @@
 
 use slimserve::engine::simd::Isa;
 use slimserve::engine::top_k;
-use slimserve::engine::tract::{build_plan, load_proto, run_plan, Kernels};
+use slimserve::engine::tract::{build_plan, run_plan, variant_proto, Kernels};
 use slimserve::manifest::{bundled_models_dir, Manifest, VariantSpec};
 use slimserve::preprocess::{preprocess, DecodeLimits};
 use tract_onnx::prelude::IntoRunnable;
@@ -48,7 +48,7 @@ fn the_fast_path_matches_the_stock_plan_on_every_variant_batch_and_isa() {
     for spec in &manifest.variants {
         let imgs = images(spec);
         let dims = [1, 2, 3].map(|i| spec.input_shape[i] as usize);
-        let proto = load_proto(&manifest.model_path(spec)).unwrap();
+        let proto = variant_proto(&manifest.model_path(spec), spec).unwrap();
         // Float activations agree to rounding; the int8 QDQ variant's
         // activation rounding can flip a tie, which then propagates.
         let tol = if spec.name.contains("int8") && !spec.name.contains("w") {
@@ -104,7 +104,7 @@ fn the_fast_path_swaps_every_convolution_and_fuses_the_epilogues() {
     use slimserve::engine::tract::optimized_model;
     let manifest = Manifest::load(&bundled_models_dir()).unwrap();
     let spec = manifest.variants.iter().find(|v| v.name == "full").unwrap();
-    let proto = load_proto(&manifest.model_path(spec)).unwrap();
+    let proto = variant_proto(&manifest.model_path(spec), spec).unwrap();
     let packs = Packs::default();
     let model = optimized_model(&proto, spec, 1, Kernels::Fast(Isa::detect()), &packs).unwrap();
     let s = summarize(&model);
@@ -147,7 +147,7 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
         .iter()
         .find(|v| v.name == "pruned")
         .unwrap();
-    let proto = load_proto(&manifest.model_path(spec)).unwrap();
+    let proto = variant_proto(&manifest.model_path(spec), spec).unwrap();
     let kernels = Kernels::Fast(Isa::detect());
     let packs = Packs::default();
     let one = optimized_model(&proto, spec, 1, kernels, &packs).unwrap();

@@ -1,7 +1,8 @@
 //! The inference engine behind a small trait, so the batcher and the
 //! transports can be tested with a fake engine. All tract calls live in
 //! `tract.rs`, `dequant.rs` (which edits the ONNX graph before tract
-//! builds plans from it), `inspect.rs` (what a model file says about
+//! builds plans from it), `rescale.rs` (the `Resize` in front of a
+//! resolution rung's graph), `inspect.rs` (what a model file says about
 //! itself: names, shapes, parameter and MAC counts), `footprint.rs` (the
 //! activation memory of a plan) and the project's own ops in `fast/`.
 
@@ -11,6 +12,7 @@ pub mod fast;
 pub mod footprint;
 pub mod inspect;
 pub mod profile;
+pub mod rescale;
 pub mod simd;
 pub mod tract;
 

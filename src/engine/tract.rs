@@ -171,6 +171,26 @@ pub fn build_plan(
     optimized_model(proto, spec, batch, kernels, &fast::Packs::default())?.into_runnable()
 }
 
+/// The graph a variant runs: its file, weights dequantized, behind the
+/// `Resize` to its own side when it has one (`super::rescale`).
+pub fn variant_proto(
+    path: &std::path::Path,
+    spec: &VariantSpec,
+) -> Result<tract_onnx::pb::ModelProto> {
+    let mut proto = load_proto(path)?;
+    if let Some(to) = spec.resize {
+        super::rescale::prepend_resize(
+            &mut proto,
+            &spec.input,
+            spec.preprocess.layout == crate::manifest::Layout::NCHW,
+            spec.preprocess.crop,
+            to,
+        )
+        .with_context(|| format!("variant '{}': resizing its input to {to}", spec.name))?;
+    }
+    Ok(proto)
+}
+
 /// Parse an ONNX file and fold its constant `DequantizeLinear` weights.
 pub fn load_proto(path: &std::path::Path) -> Result<tract_onnx::pb::ModelProto> {
     let mut proto = tract_onnx::onnx()
@@ -226,7 +246,7 @@ impl TractEngine {
             ];
             let rss_before = crate::memory::trimmed_resident_bytes();
             let t0 = Instant::now();
-            let proto = load_proto(&path)?;
+            let proto = variant_proto(&path, spec)?;
             let rss_loaded = crate::memory::trimmed_resident_bytes();
             let packs = fast::Packs::default();
             let mut plans = Vec::new();

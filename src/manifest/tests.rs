@@ -297,3 +297,44 @@ fn model_files_that_are_not_image_classifiers_are_clear_errors() {
     let (pp, shape) = resolve_preprocess(Some(&sym), &with_crop, what).unwrap();
     assert_eq!((pp.resize_shorter, shape), (183, vec![-1, 3, 160, 160]));
 }
+
+#[test]
+fn a_resolution_rung_shares_the_file_and_counts_its_macs_at_its_side() {
+    let m = Manifest::load(&write(
+        "rung",
+        &format!(
+            "[preprocess]\nmean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\n\
+             [[variant]]\nname = \"full\"\nfile = \"{0}\"\n\
+             [[variant]]\nname = \"full-160\"\nfile = \"{0}\"\nresize = 160\n\
+             [[variant]]\nname = \"big\"\nfile = \"{0}\"\nresize = 160\noff_front = \"a test\"\n",
+            full_path()
+        ),
+    ))
+    .unwrap();
+    let (full, rung) = (&m.variants[0], &m.variants[1]);
+    assert_eq!(rung.resize, Some(160));
+    assert_eq!(
+        (rung.file_bytes, &rung.sha256),
+        (full.file_bytes, &full.sha256)
+    );
+    assert_eq!(rung.input_shape, full.input_shape, "it takes the same crop");
+    // every conv runs on (160/224)² of the pixels; the classifier does not shrink
+    let ratio = rung.macs as f64 / full.macs as f64;
+    assert!((0.50..0.53).contains(&ratio), "MACs ratio {ratio}");
+    assert_eq!(m.variants[2].off_front.as_deref(), Some("a test"));
+    assert_eq!(full.off_front, None);
+    for (name, extra, wanted) in [
+        ("rung-zero", "resize = 0", "resize = 0"),
+        ("rung-huge", "resize = 5000", "expected 1..=4096"),
+        ("rung-why", "off_front = \" \"", "off_front is empty"),
+    ] {
+        let e = error_of(
+            name,
+            &format!(
+                "[[variant]]\nname = \"r\"\nfile = \"{}\"\n{extra}\n",
+                full_path()
+            ),
+        );
+        assert!(e.contains(wanted), "{name}: {e}");
+    }
+}
