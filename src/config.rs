@@ -225,6 +225,14 @@ pub struct ServeArgs {
     /// send the answer, prediction error).
     #[arg(long, env = "SLIMSERVE_SLA_SLACK", default_value_t = 0.1)]
     pub sla_slack: f64,
+    /// Graded downgrading: the k-th most accurate of n eligible variants is
+    /// only chosen while the predicted queue wait is at most k/n of this
+    /// fraction of the budget (the fastest whenever it meets the deadline);
+    /// keeps more requests within budget under overload, at a lower mean
+    /// accuracy (README, "Routing"). 0 (default): off, the most accurate
+    /// variant that meets the deadline.
+    #[arg(long, env = "SLIMSERVE_ROUTE_HEADROOM", default_value_t = 0.0)]
+    pub route_headroom: f64,
     /// Latency budget of requests without an X-SLA-Ms header, in milliseconds.
     #[arg(long, env = "SLIMSERVE_DEFAULT_SLA_MS", default_value_t = 1000)]
     pub default_sla_ms: u64,

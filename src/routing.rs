@@ -5,6 +5,11 @@
 //! served with `--onnx`) is eligible only when pinned or when every eligible
 //! variant's accuracy is unknown; its route then says `accuracy_unknown`.
 //!
+//! A variant marked off the front (`off_front` in its manifest: another is
+//! both faster and at least as accurate, and it stays for another reason,
+//! such as its file size) is never chosen for speed: it is eligible only
+//! when pinned or when no variant on the front is.
+//!
 //! Policy when none can: the fastest eligible variant is tried last (it is
 //! part of the candidate list), and if even it cannot meet the deadline the
 //! request is rejected at once with the best predicted latency, rather than
@@ -50,19 +55,39 @@ pub struct RouteRequest {
 
 /// The eligible variants, most accurate first. Variants of unknown
 /// accuracy (`None`) only when no variant of known accuracy is loaded and
-/// the request sets no minimum accuracy, in manifest order.
-pub fn candidates(top1: &[Option<f64>], req: &RouteRequest) -> Vec<usize> {
+/// the request sets no minimum accuracy, in manifest order. Variants with
+/// `off_front[v]` only when no other is eligible.
+pub fn candidates(top1: &[Option<f64>], off_front: &[bool], req: &RouteRequest) -> Vec<usize> {
     if let Some(p) = req.pinned {
         return vec![p];
     }
-    let mut c: Vec<usize> = (0..top1.len())
-        .filter(|v| top1[*v].is_some_and(|a| req.min_top1.is_none_or(|m| a >= m)))
-        .collect();
+    let accurate = |v: &usize| top1[*v].is_some_and(|a| req.min_top1.is_none_or(|m| a >= m));
+    let on_front = |v: &usize| !off_front.get(*v).copied().unwrap_or(false);
+    let mut c: Vec<usize> = (0..top1.len()).filter(accurate).filter(on_front).collect();
+    if c.is_empty() {
+        c = (0..top1.len()).filter(accurate).collect();
+    }
     c.sort_by(|a, b| top1[*b].unwrap_or(0.0).total_cmp(&top1[*a].unwrap_or(0.0)));
     if req.min_top1.is_none() && top1.iter().all(Option::is_none) {
         c = (0..top1.len()).collect();
     }
     c
+}
+
+/// The candidates (most accurate first) that graded downgrading allows
+/// after a predicted wait of `wait`: the `i`-th of `n` while `wait ≤ (i + 1)
+/// / n × headroom`, the last (fastest) always. A zero `headroom` allows all.
+pub fn graded(candidates: &[usize], wait: Duration, headroom: Duration) -> Vec<usize> {
+    let n = candidates.len();
+    if headroom.is_zero() || n < 2 {
+        return candidates.to_vec();
+    }
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i + 1 == n || wait <= headroom.mul_f64((*i + 1) as f64 / n as f64))
+        .map(|(_, v)| *v)
+        .collect()
 }
 
 /// Pick the first candidate whose predicted latency fits `budget_left`.
@@ -102,6 +127,7 @@ mod tests {
         assert_eq!(
             candidates(
                 &[Some(0.71), Some(0.75), Some(0.73)],
+                &[],
                 &RouteRequest::default()
             ),
             vec![1, 2, 0]
@@ -110,34 +136,73 @@ mod tests {
             min_top1: Some(0.72),
             ..Default::default()
         };
-        assert_eq!(candidates(&TOP1, &strict), vec![0, 1]);
+        assert_eq!(candidates(&TOP1, &[], &strict), vec![0, 1]);
         let pinned = RouteRequest {
             pinned: Some(2),
             min_top1: Some(0.9),
         };
-        assert_eq!(candidates(&TOP1, &pinned), vec![2]);
+        assert_eq!(candidates(&TOP1, &[], &pinned), vec![2]);
     }
 
     #[test]
     fn unknown_accuracy_is_eligible_only_pinned_or_alone() {
         let any = RouteRequest::default();
         let mixed = [Some(0.75), None, Some(0.71)];
-        assert_eq!(candidates(&mixed, &any), vec![0, 2]);
+        assert_eq!(candidates(&mixed, &[], &any), vec![0, 2]);
         let pinned = RouteRequest {
             pinned: Some(1),
             ..Default::default()
         };
-        assert_eq!(candidates(&mixed, &pinned), vec![1]);
-        assert_eq!(candidates(&[None], &any), vec![0]);
-        assert_eq!(candidates(&[None, None], &any), vec![0, 1]);
+        assert_eq!(candidates(&mixed, &[], &pinned), vec![1]);
+        assert_eq!(candidates(&[None], &[], &any), vec![0]);
+        assert_eq!(candidates(&[None, None], &[], &any), vec![0, 1]);
         let strict = RouteRequest {
             min_top1: Some(0.5),
             ..Default::default()
         };
         assert!(
-            candidates(&[None], &strict).is_empty(),
+            candidates(&[None], &[], &strict).is_empty(),
             "a minimum cannot be checked"
         );
+    }
+
+    #[test]
+    fn off_front_variants_are_not_chosen_for_speed() {
+        // 1 is off the front (say int8: as accurate as 0, slower, smaller file)
+        let top1 = [Some(0.89), Some(0.89), Some(0.86), Some(0.80)];
+        let off = [false, true, false, false];
+        let any = RouteRequest::default();
+        assert_eq!(candidates(&top1, &off, &any), vec![0, 2, 3]);
+        let pinned = RouteRequest {
+            pinned: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(candidates(&top1, &off, &pinned), vec![1]);
+        // alone (or the only one accurate enough), it is eligible
+        assert_eq!(candidates(&[Some(0.89)], &[true], &any), vec![0]);
+        let strict = RouteRequest {
+            min_top1: Some(0.885),
+            ..Default::default()
+        };
+        assert_eq!(
+            candidates(&top1, &[true, true, false, false], &strict),
+            vec![0, 1]
+        );
+        assert_eq!(candidates(&top1, &off, &strict), vec![0]);
+    }
+
+    #[test]
+    fn graded_downgrading_keeps_accurate_rungs_for_short_waits() {
+        let ms = Duration::from_millis;
+        let c = [3, 1, 0, 2]; // most accurate first
+        assert_eq!(graded(&c, ms(500), Duration::ZERO), c, "off");
+        // headroom 80 ms over 4 rungs: thresholds 20, 40, 60 ms, the last always
+        assert_eq!(graded(&c, ms(0), ms(80)), c);
+        assert_eq!(graded(&c, ms(20), ms(80)), c);
+        assert_eq!(graded(&c, ms(21), ms(80)), [1, 0, 2]);
+        assert_eq!(graded(&c, ms(45), ms(80)), [0, 2]);
+        assert_eq!(graded(&c, ms(1000), ms(80)), [2]);
+        assert_eq!(graded(&[5], ms(1000), ms(80)), [5], "alone");
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub fn assemble_service(
         .map(|s| VariantMeta {
             name: s.name.clone(),
             top1: s.top1,
+            off_front: s.off_front.is_some(),
         })
         .collect();
     let policy = Policy {
@@ -184,6 +185,7 @@ pub fn assemble_service(
         max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
         batching: !args.no_batching,
         slack: args.sla_slack.clamp(0.0, 0.9),
+        headroom: args.route_headroom.clamp(0.0, 1.0),
     };
     let batcher = Batcher::start(
         engine,

@@ -143,7 +143,8 @@ impl Service {
     /// The distinct preprocessings a request may need: for each variant it
     /// may be routed to, the index (in the returned list) of its tensor.
     fn preps_for(&self, route: &RouteRequest) -> (Vec<Preprocess>, Vec<Option<usize>>) {
-        let mut cands = routing::candidates(&self.top1(), route);
+        let off: Vec<bool> = self.specs.iter().map(|s| s.off_front.is_some()).collect();
+        let mut cands = routing::candidates(&self.top1(), &off, route);
         if cands.is_empty() {
             // Routing will refuse it; preprocess as for every variant.
             cands = (0..self.specs.len()).collect();

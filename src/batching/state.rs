@@ -41,6 +41,8 @@ pub struct VariantMeta {
     pub name: String,
     /// `None`: unknown accuracy (see `routing::candidates`).
     pub top1: Option<f64>,
+    /// Off the accuracy/latency front: not chosen for speed.
+    pub off_front: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,15 @@ pub struct Policy {
     /// Fraction of each budget kept in reserve when routing, for the time
     /// the answer takes to reach the client and for prediction error.
     pub slack: f64,
+    /// Graded downgrading (0: off). With `n` eligible variants, the one
+    /// ranked `i`-th by accuracy (0 = most accurate) is only chosen while
+    /// the predicted wait is at most `(i + 1) / n × headroom × budget`; the
+    /// fastest is chosen whenever it meets the deadline. Under overload the
+    /// backlog then settles where one rung's speed matches the arrivals,
+    /// instead of swinging between the most accurate rung (while the queue
+    /// is short) and the fastest (once it is full), which serves a lower
+    /// mean accuracy at the same throughput and refuses more.
+    pub headroom: f64,
 }
 
 impl Default for Policy {
@@ -63,6 +74,7 @@ impl Default for Policy {
             max_batch_wait: Duration::from_millis(10),
             batching: true,
             slack: 0.0,
+            headroom: 0.0,
         }
     }
 }
@@ -187,7 +199,8 @@ impl<T: Payload> State<T> {
         now: Instant,
     ) -> Result<Admitted, ServeError> {
         let top1: Vec<Option<f64>> = self.variants.iter().map(|v| v.top1).collect();
-        let cands = routing::candidates(&top1, req);
+        let off: Vec<bool> = self.variants.iter().map(|v| v.off_front).collect();
+        let cands = routing::candidates(&top1, &off, req);
         if cands.is_empty() {
             let best = top1.iter().flatten().copied().fold(0.0, f64::max);
             let min = req.min_top1.unwrap_or(0.0);
@@ -199,16 +212,22 @@ impl<T: Payload> State<T> {
         let left = deadline
             .saturating_duration_since(now)
             .saturating_sub(budget.mul_f64(self.policy.slack));
-        match routing::choose(&cands, req.pinned.is_some(), left, |v| {
-            wait + self.profile.predict(v, 1)
-        }) {
-            Ok((variant, reason, predicted)) => Ok(Admitted {
+        let pinned = req.pinned.is_some();
+        let predict = |v: usize| wait + self.profile.predict(v, 1);
+        let graded = routing::graded(&cands, wait, budget.mul_f64(self.policy.headroom.max(0.0)));
+        // Graded downgrading never refuses what the deadline alone admits.
+        let chosen = match routing::choose(&graded, pinned, left, predict) {
+            Ok(c) => Ok(c),
+            Err(_) => routing::choose(&cands, pinned, left, predict),
+        };
+        match chosen {
+            Ok((variant, _, predicted)) => Ok(Admitted {
                 variant,
-                reason: match reason {
-                    RouteReason::MostAccurate if top1[variant].is_none() => {
-                        RouteReason::AccuracyUnknown
-                    }
-                    r => r,
+                reason: match () {
+                    _ if pinned => RouteReason::Pinned,
+                    _ if variant != cands[0] => RouteReason::Downgraded,
+                    _ if top1[variant].is_none() => RouteReason::AccuracyUnknown,
+                    _ => RouteReason::MostAccurate,
                 },
                 predicted_latency: now.saturating_duration_since(arrival) + predicted,
                 predicted_start: start,

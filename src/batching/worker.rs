@@ -450,6 +450,7 @@ mod tests {
             vec![VariantMeta {
                 name: "v".into(),
                 top1: Some(0.7),
+                off_front: false,
             }],
             profile,
             BatcherConfig {

@@ -49,6 +49,13 @@ pub struct VariantInfo {
     pub sha256: String,
     /// `[-1, 3, crop, crop]` (NCHW) or `[-1, crop, crop, 3]` (NHWC).
     pub input_shape: Vec<i64>,
+    /// Side the model runs at when its graph resizes the crop first (a
+    /// resolution rung); `null`: it runs at the crop's side.
+    pub resize: Option<u32>,
+    /// Why it stays although another variant is faster and at least as
+    /// accurate; `null`: on the accuracy/latency front. The router does not
+    /// pick such a variant for speed.
+    pub off_front: Option<String>,
     /// How an image becomes this variant's input.
     pub preprocess: Preprocess,
     /// Growth of resident memory while it loaded, less the plans dropped
@@ -125,6 +132,8 @@ pub async fn variants(State(st): State<AppState>) -> Result<impl IntoResponse, S
             macs: s.macs,
             sha256: s.sha256.clone(),
             input_shape: s.input_shape.clone(),
+            resize: s.resize,
+            off_front: s.off_front.clone(),
             preprocess: s.preprocess.clone(),
             resident_bytes: st
                 .metrics

@@ -39,6 +39,7 @@ fn state(workers: usize, batch_cost: f64) -> State<Job> {
         .map(|(n, t, _)| VariantMeta {
             name: n.to_string(),
             top1: Some(*t),
+            off_front: false,
         })
         .collect();
     State::new(variants, profile, Policy::default(), workers)
@@ -347,6 +348,7 @@ fn an_idle_server_does_not_refuse_for_ever_after_a_slow_spell() {
         vec![VariantMeta {
             name: "full".into(),
             top1: Some(0.75),
+            off_front: false,
         }],
         profile,
         Policy::default(),
@@ -387,6 +389,7 @@ fn a_busy_server_keeps_its_predictions_when_it_refuses() {
         vec![VariantMeta {
             name: "full".into(),
             top1: Some(0.75),
+            off_front: false,
         }],
         profile,
         Policy::default(),
@@ -404,4 +407,31 @@ fn a_busy_server_keeps_its_predictions_when_it_refuses() {
         assert!(submit(&mut s, i, 120, t).is_err());
     }
     assert_eq!(s.profile.predict(0, 1), before);
+}
+
+#[test]
+fn graded_downgrading_steps_down_before_the_deadline_forces_it() {
+    let t = Instant::now();
+    let mut s = state(1, 1.6);
+    s.policy.headroom = 0.5;
+    let a = submit(&mut s, 1, 100, t).unwrap();
+    assert_eq!((a.variant, a.reason), (0, RouteReason::MostAccurate));
+    // 40 ms of backlog: full would still meet 100 ms, but the wait is past
+    // the first two thirds-of-50-ms thresholds, so the fastest is taken
+    let b = submit(&mut s, 2, 100, t).unwrap();
+    assert_eq!((b.variant, b.reason), (2, RouteReason::Downgraded));
+    // a burst: graded downgrading admits at least as many as the plain rule
+    let accepted = |headroom: f64| {
+        let mut s = state(2, 1.6);
+        s.policy.headroom = headroom;
+        (0..20)
+            .filter(|i| submit(&mut s, *i, 100, t).is_ok())
+            .count()
+    };
+    assert!(
+        accepted(0.5) >= accepted(0.0),
+        "{} < {}",
+        accepted(0.5),
+        accepted(0.0)
+    );
 }
