@@ -208,6 +208,7 @@ pub struct Recorder {
     transport: u64,
     status: BTreeMap<u16, u64>,
     mix: BTreeMap<String, u64>,
+    mix_in_sla: BTreeMap<String, u64>,
     /// HTTP 200 answers (and those within the SLA) *completed* inside the
     /// window, whenever they were scheduled: throughput and goodput
     done_ok: u64,
@@ -228,6 +229,7 @@ impl Recorder {
             transport: 0,
             status: BTreeMap::new(),
             mix: BTreeMap::new(),
+            mix_in_sla: BTreeMap::new(),
             done_ok: 0,
             done_good: 0,
         }
@@ -243,13 +245,12 @@ impl Recorder {
                 if code == 200 {
                     self.ok += 1;
                     self.ok_lat.saturating_record(us);
+                    let variant = variant.unwrap_or_else(|| "?".into());
                     if latency <= sla {
                         self.ok_in_sla += 1;
+                        *self.mix_in_sla.entry(variant.clone()).or_default() += 1;
                     }
-                    *self
-                        .mix
-                        .entry(variant.unwrap_or_else(|| "?".into()))
-                        .or_default() += 1;
+                    *self.mix.entry(variant).or_default() += 1;
                 }
             }
             Outcome::Timeout => self.timeouts += 1,
@@ -504,6 +505,9 @@ pub async fn run_step(t: Arc<Target>, spec: &StepSpec, pb: &ProgressBar) -> Step
         send_lag_ms: pct(&r.lag),
         max_in_flight: max_inflight.load(Ordering::Relaxed),
         variant_mix: r.mix.clone(),
+        variant_mix_within_sla: r.mix_in_sla.clone(),
+        accuracy_goodput: None,
+        mean_top1_served: None,
         generator_cpu: cpu,
         server: None,
         server_label: None,

@@ -347,6 +347,10 @@ pub async fn run(args: Args) -> Result<RunResults> {
             variants = v;
         }
     }
+    let mut steps = runner.steps;
+    for s in &mut steps {
+        s.weigh_accuracy(&variants);
+    }
     let mut res = RunResults {
         tool: format!("slimserve-loadtest {}", env!("CARGO_PKG_VERSION")),
         started_unix,
@@ -354,7 +358,7 @@ pub async fn run(args: Args) -> Result<RunResults> {
         command: std::env::args().collect(),
         host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         variants,
-        steps: runner.steps,
+        steps,
         summary: Vec::new(),
         generator_cpu_max_cores: 0.0,
         generator_cpu_max_at_rps: 0.0,

@@ -49,6 +49,8 @@ fn write_csv(path: &Path, steps: &[Step]) -> Result<()> {
         "achieved_rps",
         "throughput_rps",
         "goodput_rps",
+        "accuracy_goodput",
+        "mean_top1_served",
         "sla_attainment_pct",
         "within_sla",
         "p50_ms",
@@ -100,6 +102,12 @@ fn write_csv(path: &Path, steps: &[Step]) -> Result<()> {
             format!("{:.2}", s.achieved_rps),
             format!("{:.2}", s.throughput_rps),
             format!("{:.2}", s.goodput_rps),
+            s.accuracy_goodput
+                .map(|g| format!("{g:.2}"))
+                .unwrap_or_default(),
+            s.mean_top1_served
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_default(),
             format!("{:.2}", s.sla_attainment_pct),
             s.within_sla.to_string(),
             format!("{:.2}", s.latency_ms.p50),
@@ -525,6 +533,8 @@ fn step_rows(r: &RunResults) -> (Vec<String>, Vec<Vec<String>>) {
         "achieved",
         "throughput",
         "goodput",
+        "acc. goodput",
+        "top-1 served",
         "within SLA",
         "p50",
         "p90",
@@ -571,6 +581,8 @@ fn step_rows(r: &RunResults) -> (Vec<String>, Vec<Vec<String>>) {
                 format!("{:.1}", s.achieved_rps),
                 format!("{:.1}", s.throughput_rps),
                 format!("{:.1}", s.goodput_rps),
+                opt(s.accuracy_goodput, |g| format!("{g:.1}")),
+                opt(s.mean_top1_served, |a| format!("{:.1}%", a * 100.0)),
                 format!("{:.1}%", s.sla_attainment_pct),
                 format!("{:.1}", s.latency_ms.p50),
                 format!("{:.1}", s.latency_ms.p90),
@@ -927,6 +939,9 @@ mod tests {
             send_lag_ms: lat,
             max_in_flight: 10,
             variant_mix: Default::default(),
+            variant_mix_within_sla: Default::default(),
+            accuracy_goodput: None,
+            mean_top1_served: None,
             generator_cpu: Cpu::default(),
             server: None,
             server_label: Some(label.into()),
@@ -946,6 +961,28 @@ mod tests {
             generator_cpu_max_cores: 0.0,
             generator_cpu_max_at_rps: 0.0,
         }
+    }
+
+    #[test]
+    fn accuracy_goodput_weighs_answers_within_the_sla_by_their_variant() {
+        let mut s = step("a", 20.0, 100, 10.0, 20.0, 10.0);
+        s.variant_mix_within_sla = [("full".to_string(), 60u64), ("small".to_string(), 40)]
+            .into_iter()
+            .collect();
+        let v = |name: &str, top1: Option<f64>| crate::results::VariantInfo {
+            name: name.into(),
+            top1,
+            ..Default::default()
+        };
+        s.weigh_accuracy(&[v("full", Some(0.9)), v("small", Some(0.6))]);
+        // (60 × 0.9 + 40 × 0.6) / 10 s
+        assert!((s.accuracy_goodput.unwrap() - 7.8).abs() < 1e-9);
+        assert!((s.mean_top1_served.unwrap() - 0.78).abs() < 1e-9);
+        s.weigh_accuracy(&[v("full", Some(0.9)), v("small", None)]);
+        assert_eq!(
+            s.accuracy_goodput, None,
+            "an unknown accuracy is not guessed"
+        );
     }
 
     #[test]

@@ -99,6 +99,17 @@ pub struct Step {
     pub max_in_flight: u64,
     /// x-variant of HTTP 200 answers -> count
     pub variant_mix: BTreeMap<String, u64>,
+    /// x-variant of HTTP 200 answers within the SLA -> count
+    #[serde(default)]
+    pub variant_mix_within_sla: BTreeMap<String, u64>,
+    /// Accuracy-weighted goodput: answers within the SLA, each counted as
+    /// its variant's top-1 (from /v1/variants), per second of the window;
+    /// `None` when a variant that answered has no known accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_goodput: Option<f64>,
+    /// Mean top-1 (from /v1/variants) of the answers within the SLA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_top1_served: Option<f64>,
     pub generator_cpu: Cpu,
     pub server: Option<ServerView>,
     /// `--label` of the run: which server answered (when several are drawn side by side)
@@ -142,6 +153,30 @@ pub struct RunResults {
     pub generator_cpu_max_cores: f64,
     /// offered rate of the step where that was measured
     pub generator_cpu_max_at_rps: f64,
+}
+
+impl Step {
+    /// Fill `accuracy_goodput` and `mean_top1_served` from the variants'
+    /// top-1 accuracy.
+    pub fn weigh_accuracy(&mut self, variants: &[VariantInfo]) {
+        let mut sum = 0.0;
+        let mut n = 0u64;
+        for (name, count) in &self.variant_mix_within_sla {
+            let Some(top1) = variants
+                .iter()
+                .find(|v| &v.name == name)
+                .and_then(|v| v.top1)
+            else {
+                self.accuracy_goodput = None;
+                self.mean_top1_served = None;
+                return;
+            };
+            sum += top1 * *count as f64;
+            n += count;
+        }
+        self.accuracy_goodput = (self.duration_s > 0.0).then(|| sum / self.duration_s);
+        self.mean_top1_served = (n > 0).then(|| sum / n as f64);
+    }
 }
 
 impl RunResults {
