@@ -18,18 +18,33 @@ def write_labels() -> Path:
     return path
 
 
+def graph_of(variant: dict) -> Path:
+    """The ONNX graph a variant runs: its file, or for a resolution rung (`resize`) the file behind
+    the Resize the server puts in front of it (written to .cache/)."""
+    path = common.MODELS_DIR / variant["file"]
+    if not variant.get("resize"):
+        return path
+    import ladder
+
+    out = common.MODELS_DIR / ".cache" / f"{variant['name']}.graph.onnx"
+    out.parent.mkdir(exist_ok=True)
+    ladder.with_resize(path, out, variant["resize"])
+    return out
+
+
 def measure(variant: dict, dev) -> dict:
     """Adds top1/top5/file_bytes/params/macs/sha256 to a variant dict (file relative to models/)."""
     xs, ys, _ = dev
     path = common.MODELS_DIR / variant["file"]
-    top1, top5 = common.eval_onnx(path, xs, ys, disable_opt=variant.get("qdq", False))
+    graph = graph_of(variant)
+    top1, top5 = common.eval_onnx(graph, xs, ys, disable_opt=variant.get("qdq", False))
     return dict(
         variant,
         top1=round(top1, 4),
         top5=round(top5, 4),
         file_bytes=path.stat().st_size,
         params=common.count_params(path),
-        macs=common.count_macs(path),
+        macs=common.count_macs(graph),
         sha256=common.sha256(path),
     )
 
@@ -63,7 +78,7 @@ def write_manifest(variants: list[dict]) -> Path:
             "file_bytes", "params", "macs", "sha256"]
     for v in variants:
         lines += ["", "[[variant]]"]
-        lines += [f"{k} = {_toml_value(v[k])}" for k in keys]
+        lines += [f"{k} = {_toml_value(v[k])}" for k in keys + ["resize", "off_front"] if k in v]
     path = common.MODELS_DIR / "variants.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -103,7 +118,7 @@ def write_reference(variants: list[dict]) -> Path:
     }
     for v in variants:
         qdq = v.get("qdq", False)
-        logits = common.ort_logits(common.MODELS_DIR / v["file"], xs, disable_opt=qdq)
+        logits = common.ort_logits(graph_of(v), xs, disable_opt=qdq)
         per_image = {}
         for p, lg in zip(photos, logits):
             top5 = np.argsort(-lg, kind="stable")[:5]
@@ -113,6 +128,7 @@ def write_reference(variants: list[dict]) -> Path:
             }
         ref["variants"][v["name"]] = {
             "file": v["file"],
+            **({"resize": v["resize"]} if v.get("resize") else {}),
             "sha256": v["sha256"],
             "ort_graph_optimization_level": "ORT_DISABLE_ALL" if qdq else "ORT_ENABLE_ALL",
             "images": per_image,
@@ -123,9 +139,9 @@ def write_reference(variants: list[dict]) -> Path:
 
 
 def markdown_table(variants: list[dict]) -> str:
-    rows = ["| variant | file | size (MB) | params | MACs (M) | top-1 | top-5 |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| variant | file | runs at | size (MB) | params | MACs (M) | top-1 | top-5 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for v in sorted(variants, key=lambda v: -v["top1"]):
-        rows.append(f"| {v['name']} | {v['file']} | {v['file_bytes'] / 1e6:.2f} | {v['params']:,} | "
+        rows.append(f"| {v['name']} | {v['file']} | {v.get('resize') or 224} | {v['file_bytes'] / 1e6:.2f} | {v['params']:,} | "
                     f"{v['macs'] / 1e6:.1f} | {100 * v['top1']:.1f}% | {100 * v['top5']:.1f}% |")
     return "\n".join(rows)
