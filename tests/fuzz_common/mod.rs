@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The harness's `--max-body-bytes`.
+#[allow(dead_code)] // not every fuzz target reads it
+pub const MAX_BODY: usize = 1 << 20;
+
 pub fn args() -> ServeArgs {
     use clap::Parser;
     let cli = slimserve::config::Cli::try_parse_from([
@@ -27,7 +31,7 @@ pub fn args() -> ServeArgs {
         "--warmup-runs",
         "1",
         "--max-body-bytes",
-        "1048576",
+        "1048576", // MAX_BODY
         "--max-pixels",
         "4000000",
         "--queue-capacity",
