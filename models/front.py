@@ -65,8 +65,10 @@ def svg(points: dict[str, tuple[float, float]], off: dict[str, str], title: str)
         hollow = n in off
         el.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{"white" if hollow else "#1f77b4"}" '
                   f'stroke="{"#d62728" if hollow else "#1f77b4"}" stroke-width="2"/>')
-        label = n + (" (off the front)" if hollow else "")
-        el.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) - 6:.1f}">{label}</text>')
+        if hollow:  # right of and below the point: the front's labels sit left of and above theirs
+            el.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) + 16:.1f}">{n} (off the front)</text>')
+        else:
+            el.append(f'<text x="{px(x) - 8:.1f}" y="{py(y) - 7:.1f}" text-anchor="end">{n}</text>')
     el.append("</svg>")
     return "\n".join(el) + "\n"
 
