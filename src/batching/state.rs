@@ -59,11 +59,10 @@ pub struct Policy {
     /// Graded downgrading (0: off). With `n` eligible variants, the one
     /// ranked `i`-th by accuracy (0 = most accurate) is only chosen while
     /// the predicted wait is at most `(i + 1) / n × headroom × budget`; the
-    /// fastest is chosen whenever it meets the deadline. Under overload the
-    /// backlog then settles where one rung's speed matches the arrivals,
-    /// instead of swinging between the most accurate rung (while the queue
-    /// is short) and the fastest (once it is full), which serves a lower
-    /// mean accuracy at the same throughput and refuses more.
+    /// fastest is chosen whenever it meets the deadline: the router steps
+    /// down before the deadline forces it. Measured under overload (README,
+    /// "Routing"): more requests within budget, at a lower mean accuracy,
+    /// hence off by default.
     pub headroom: f64,
 }
 
