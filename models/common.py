@@ -124,6 +124,33 @@ def sha256(path) -> str:
 
 # ---------------------------------------------------------------- ONNX statistics
 
+def with_resize(src, dst, size: int, crop: int = CROP) -> None:
+    """Write `src` with a Resize of its NCHW input `input` to size x size in front (the graph the
+    server builds for a variant with `resize = size`)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    s = np.float32(size) / np.float32(crop)
+    if np.floor(np.float32(crop) * s) != size:  # as src/engine/rescale.rs:scale
+        s = np.nextafter(s, np.float32(np.inf))
+    assert int(np.floor(np.float32(crop) * s)) == size, (crop, size, s)
+    resized = "slimserve_resized_input"
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name == "input":
+                n.input[i] = resized
+    scales = resized + "_scales"
+    g.initializer.append(numpy_helper.from_array(np.array([1, 1, s, s], np.float32), scales))
+    g.node.insert(0, helper.make_node("Resize", ["input", "", scales], [resized], name="slimserve_resize",
+                                      mode="linear", coordinate_transformation_mode="half_pixel"))
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+
 def _initializer_arrays(model):
     from onnx import numpy_helper
 

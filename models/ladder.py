@@ -3,7 +3,7 @@
 A rung is a model file plus the side it runs at: the server puts a bilinear `Resize` (half-pixel,
 no antialiasing, constant scales) in front of the file's graph at load (`resize` in
 variants.toml, `src/engine/rescale.rs`), so several rungs share one file and one preprocessing.
-`with_resize` builds the same graph here, for the measurements and the reference logits.
+`common.with_resize` builds the same graph, for the measurements and the reference logits.
 
 Levers measured on calib/ (two folds: fit on one half, score on the other; README.md):
 - the side alone, no retraining (`full` at 192, 160, 128);
@@ -17,39 +17,12 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import common
 import net
 import prune
-
-
-def with_resize(src, dst, size: int, crop: int = common.CROP) -> None:
-    """Write `src` with a Resize of its NCHW input `input` to size x size in front (the graph the
-    server builds for a variant with `resize = size`)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(src))
-    g = model.graph
-    s = np.float32(size) / np.float32(crop)
-    if np.floor(np.float32(crop) * s) != size:  # as src/engine/rescale.rs:scale
-        s = np.nextafter(s, np.float32(np.inf))
-    assert int(np.floor(np.float32(crop) * s)) == size, (crop, size, s)
-    resized = "slimserve_resized_input"
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            if name == "input":
-                n.input[i] = resized
-    scales = resized + "_scales"
-    g.initializer.append(numpy_helper.from_array(np.array([1, 1, s, s], np.float32), scales))
-    g.node.insert(0, helper.make_node("Resize", ["input", "", scales], [resized], name="slimserve_resize",
-                                      mode="linear", coordinate_transformation_mode="half_pixel"))
-    del g.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
 
 
 class MultiRes(net.LiteNet):

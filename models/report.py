@@ -24,11 +24,9 @@ def graph_of(variant: dict) -> Path:
     path = common.MODELS_DIR / variant["file"]
     if not variant.get("resize"):
         return path
-    import ladder
-
     out = common.MODELS_DIR / ".cache" / f"{variant['name']}.graph.onnx"
     out.parent.mkdir(exist_ok=True)
-    ladder.with_resize(path, out, variant["resize"])
+    common.with_resize(path, out, variant["resize"])
     return out
 
 

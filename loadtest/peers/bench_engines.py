@@ -107,6 +107,13 @@ def main() -> None:
     for n in names:
         v = peerlib.variant(man, n)
         path = a.models / v["file"]
+        if v.get("resize"):  # a resolution rung: onnxruntime runs the graph the server builds
+            sys.path.insert(0, str(peerlib.REPO / "models"))
+            import common
+
+            rung = scratch / f"{n}.graph.onnx"
+            common.with_resize(path, rung, v["resize"])
+            path = rung
         s = peerlib.session(path)
         sessions[(n, "own")] = (s, s.get_inputs()[0].name)
         dq = peerlib.constant_dequantize_count(path)

@@ -7,7 +7,7 @@
 //! and resized once, whichever rung answers it), and the rung's own side is
 //! reached inside its plan, for a few hundredths of a millisecond. The
 //! arithmetic is ONNX `Resize` (opset 11+): `linear`, `half_pixel`, no
-//! antialiasing, constant scales — what `models/net.py:with_resize` builds
+//! antialiasing, constant scales — what `models/common.py:with_resize` builds
 //! for the reference logits, and what the pruned model's graph starts with.
 
 use anyhow::{bail, Context, Result};
