@@ -14,6 +14,8 @@
 #   SLIMSERVE_BIN=... LOADTEST_BIN=... (default: release builds in target/)  SERVE_ARGS="" (extra flags)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../ready.sh
+source loadtest/ready.sh
 SLA_MS=${SLA_MS:-150}
 OVERLOAD=${OVERLOAD:-2}
 TIGHT_MS=${TIGHT_MS:-60}
@@ -32,11 +34,7 @@ t0=$(date +%s.%N)
   --grpc-addr "127.0.0.1:$((PORT + 1))" ${SERVE_ARGS:-} >"$OUT/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 1200); do
-  curl -fs "http://$TARGET/health/ready" >/dev/null 2>&1 && break
-  sleep 0.05
-done
-curl -fs "http://$TARGET/health/ready" >/dev/null || { echo "not ready" >&2; cat "$OUT/server.log" >&2; exit 1; }
+wait_ready "$TARGET" "$OUT/server.log"
 ready_s=$(echo "$(date +%s.%N) - $t0" | bc)
 rss_ready=$(awk '/^VmRSS/ {print $2}' "/proc/$PID/status")
 echo "ready after ${ready_s} s with $(curl -fs "http://$TARGET/v1/variants" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["variants"]))') variants; resident $((rss_ready / 1024)) MB"

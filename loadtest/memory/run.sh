@@ -11,6 +11,8 @@
 #   OUT=/tmp/slimserve-memory PORT=18280  EXTRA_ENV="MALLOC_ARENA_MAX=2" (env of the server)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../ready.sh
+source loadtest/ready.sh
 SERVE_ARGS=${SERVE_ARGS---variants pruned}
 SCENARIO=${SCENARIO:-pinned:pruned}
 RATE=${RATE:-60}
@@ -30,11 +32,7 @@ env ${EXTRA_ENV:-} "$SLIMSERVE_BIN" serve --models models --http-addr "$TARGET" 
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 t0=$(date +%s.%N)
-for _ in $(seq 1 1200); do
-  curl -fs "http://$TARGET/health/ready" >/dev/null 2>&1 && break
-  sleep 0.05
-done
-curl -fs "http://$TARGET/health/ready" >/dev/null || { echo "not ready" >&2; cat "$OUT/server.log" >&2; exit 1; }
+wait_ready "$TARGET" "$OUT/server.log"
 ready_s=$(echo "$(date +%s.%N) - $t0" | bc)
 
 phase=ready
