@@ -5,7 +5,9 @@
 //! Only a variant's `name` and `file` are required. What can be read or
 //! computed from the ONNX file (`input`, `output`, `input_shape`,
 //! `file_bytes`, `params`, `macs`, `sha256`) is computed at load, and checked
-//! against the manifest where the manifest gives it. Accuracy (`top1`,
+//! against the manifest where the manifest gives it (`macs`, which needs
+//! the whole graph typed at the variant's side, by the engine as it builds
+//! the variant's batch-1 plan: the graph is typed once per start). Accuracy (`top1`,
 //! `top5`) cannot be computed: a variant without `top1` has unknown accuracy
 //! and is routed to only when pinned or when it is the only one eligible.
 //! Preprocessing is a top-level `[preprocess]` table that each variant may
@@ -297,13 +299,43 @@ impl Manifest {
                 bail!("variant name '{}' appears twice", v.name);
             }
         }
-        // Each variant's file is read and analysed on its own thread.
+        // Each distinct file is read, hashed and parsed once (the
+        // resolution rungs share one), on its own thread; then each
+        // variant is checked and its MACs counted at its side.
+        let mut files: Vec<&str> = entries.iter().map(|e| e.file.as_str()).collect();
+        files.sort_unstable();
+        files.dedup();
+        let infos: Vec<Result<inspect::ModelInfo, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .iter()
+                .map(|f| {
+                    let path = dir.join(f);
+                    s.spawn(move || inspect::inspect(&path).map_err(|e| format!("{e:#}")))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("reading a model panicked".into()))
+                })
+                .collect()
+        });
+        let info_of = |e: &VariantEntry| {
+            let i = files.binary_search(&e.file.as_str()).ok()?;
+            infos.get(i)
+        };
         let resolved: Vec<Result<(VariantSpec, Option<i64>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = entries
                 .iter()
                 .map(|e| {
                     let dir = &dir;
-                    s.spawn(move || resolve_variant(dir, top, e))
+                    let info = info_of(e);
+                    s.spawn(move || match info {
+                        Some(Ok(info)) => resolve_variant(dir, top, e, info),
+                        Some(Err(err)) => Err(anyhow!("variant '{}': {err}", e.name)),
+                        None => Err(anyhow!("variant '{}': its file was not read", e.name)),
+                    })
                 })
                 .collect();
             handles
@@ -684,12 +716,13 @@ fn check_given<T: PartialEq + std::fmt::Display>(
     }
 }
 
-/// Read one variant's file and fill or check every computable field. Also
-/// returns the number of classes when the file declares it.
+/// Fill or check every computable field of one variant from its file's
+/// `info`. Also returns the number of classes when the file declares it.
 fn resolve_variant(
     dir: &Path,
     top: &PreprocessPatch,
     v: &VariantEntry,
+    info: &inspect::ModelInfo,
 ) -> Result<(VariantSpec, Option<i64>)> {
     let path = dir.join(&v.file);
     let what = format!("variant '{}' ({})", v.name, path.display());
@@ -709,7 +742,6 @@ fn resolve_variant(
             bail!("{what}: top1 = {t1} is above top5 = {t5}");
         }
     }
-    let info = inspect::inspect(&path).with_context(|| format!("variant '{}'", v.name))?;
     check_given(&what, "file_bytes", v.file_bytes.as_ref(), &info.file_bytes)?;
     if let Some(s) = &v.sha256 {
         if !s.eq_ignore_ascii_case(&info.sha256) {
@@ -719,8 +751,8 @@ fn resolve_variant(
             );
         }
     }
-    let input = pick_input(v, &info, &what)?;
-    let output = pick_output(v, &info, &what)?;
+    let input = pick_input(v, info, &what)?;
+    let output = pick_output(v, info, &what)?;
     let patch = v.preprocess.over(top);
     let (preprocess, input_shape) = resolve_preprocess(input.shape.as_deref(), &patch, &what)?;
     if let Some(given) = &v.input_shape {
@@ -742,38 +774,47 @@ fn resolve_variant(
     let fixed: Vec<usize> = std::iter::once(1)
         .chain(input_shape[1..].iter().map(|d| *d as usize))
         .collect();
-    let rung;
-    let proto = match v.resize {
-        None => &info.proto,
-        Some(to) => {
-            if to == 0 || to > MAX_SIDE {
-                bail!("{what}: resize = {to}: expected 1..={MAX_SIDE}");
-            }
-            let mut p = info.proto.clone();
-            crate::engine::rescale::prepend_resize(
-                &mut p,
-                &input.name,
-                preprocess.layout == Layout::NCHW,
-                preprocess.crop,
-                to,
-            )
-            .with_context(|| format!("{what}: resize = {to}"))?;
-            rung = p;
-            &rung
+    if let Some(to) = v.resize {
+        if to == 0 || to > MAX_SIDE {
+            bail!("{what}: resize = {to}: expected 1..={MAX_SIDE}");
         }
-    };
+    }
     if v.off_front.as_deref().is_some_and(|r| r.trim().is_empty()) {
         bail!("{what}: off_front is empty: say why the variant stays off the front, or delete it");
     }
-    let macs = inspect::macs(proto, &fixed)
-        .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| {
-            format!(
-                "{what}: tract cannot analyse the model with input {fixed:?} (unsupported operator or shape?)"
-            )
-        })?;
     check_given(&what, "params", v.params.as_ref(), &info.params)?;
-    check_given(&what, "macs", v.macs.as_ref(), &macs)?;
+    // Counting MACs means typing the whole graph at the variant's side. When
+    // the manifest gives them, the engine checks them against the graph it
+    // types anyway (`engine::tract::optimized_model`), once per start.
+    let macs = match v.macs {
+        Some(given) => given,
+        None => {
+            let rung;
+            let proto = match v.resize {
+                None => &info.proto,
+                Some(to) => {
+                    let mut p = info.proto.clone();
+                    crate::engine::rescale::prepend_resize(
+                        &mut p,
+                        &input.name,
+                        preprocess.layout == Layout::NCHW,
+                        preprocess.crop,
+                        to,
+                    )
+                    .with_context(|| format!("{what}: resize = {to}"))?;
+                    rung = p;
+                    &rung
+                }
+            };
+            inspect::macs(proto, &fixed)
+                .map_err(|e| anyhow!("{e:#}"))
+                .with_context(|| {
+                    format!(
+                        "{what}: tract cannot analyse the model with input {fixed:?} (unsupported operator or shape?)"
+                    )
+                })?
+        }
+    };
     let spec = VariantSpec {
         name: v.name.clone(),
         file: v.file.clone(),
@@ -786,7 +827,7 @@ fn resolve_variant(
         file_bytes: info.file_bytes,
         params: info.params,
         macs,
-        sha256: info.sha256,
+        sha256: info.sha256.clone(),
         resize: v.resize,
         off_front: v.off_front.clone(),
         preprocess,

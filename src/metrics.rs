@@ -22,7 +22,8 @@ pub struct Metrics {
     pub predicted_error: HistogramVec,
     pub predicted_latency: prometheus::GaugeVec,
     pub variant_resident: IntGaugeVec,
-    /// Per variant and part: `loaded_weights`, `packed_weights`, `plans`,
+    /// Per variant and part: `loaded_weights`, `packed_weights`,
+    /// `packed_weights_shared`, `plans`,
     /// `activations_per_run` (see `engine::tract::LoadReport`).
     pub variant_memory: IntGaugeVec,
     pub variant_file: IntGaugeVec,
@@ -177,7 +178,7 @@ impl Metrics {
         );
         let variant_memory = g(
             "slimserve_variant_memory_bytes",
-            "Memory of each variant by part: loaded_weights (resident growth while parsing, freed after the plans are built), packed_weights (the fast kernels' packs, shared by its plans), plans (resident growth building the plans kept after warm-up), activations_per_run (peak live activations of one batch-1 run, from its shapes).",
+            "Memory of each variant by part: loaded_weights (resident growth while parsing, freed after the plans are built), packed_weights (the fast kernels' packs its plans use, one copy shared by its plans), packed_weights_shared (of those, the packs another variant with the same weights made first, held once), plans (resident growth building the plans kept after warm-up), activations_per_run (peak live activations of one batch-1 run, from its shapes).",
             &["variant", "part"],
         );
         let variant_file = g(

@@ -86,6 +86,7 @@ pub fn build_service(
         };
         set("loaded_weights", r.loaded_weights_bytes);
         set("packed_weights", r.packed_bytes as u64);
+        set("packed_weights_shared", r.packed_shared_bytes as u64);
         set("plans", plans);
         set("activations_per_run", per_run as u64);
         metrics
@@ -99,6 +100,7 @@ pub fn build_service(
             resident_mb = mb(held),
             loaded_weights_mb = mb(r.loaded_weights_bytes),
             packed_weights_mb = mb(r.packed_bytes as u64),
+            packed_shared_mb = mb(r.packed_shared_bytes as u64),
             kept_plans_mb = mb(plans),
             plans_kept = ?kept,
             activations_per_run_mb = mb(per_run as u64),

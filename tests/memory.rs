@@ -92,4 +92,39 @@ fn resident_growth_per_variant_stays_within_a_multiple_of_its_weights_and_batch_
             mb(first as u64)
         );
     }
+    // The resolution rungs of one file run on its packs: loaded together
+    // with full, full-160 holds no packed copy of its own.
+    let (engine, _) = TractEngine::load(
+        &manifest,
+        &["full".to_string(), "full-160".to_string()],
+        &[1],
+        KernelChoice::Fast,
+    )
+    .unwrap();
+    let (full, rung) = (&engine.reports[0], &engine.reports[1]);
+    assert_eq!(
+        (full.name.as_str(), rung.name.as_str()),
+        ("full", "full-160")
+    );
+    eprintln!(
+        "full: growth {:.1} MB, packed {:.1} MB; full-160 after it: growth {:.1} MB, packed {:.1} MB of which shared {:.1} MB",
+        mb(full.resident_bytes),
+        mb(full.packed_bytes as u64),
+        mb(rung.resident_bytes),
+        mb(rung.packed_bytes as u64),
+        mb(rung.packed_shared_bytes as u64)
+    );
+    assert_eq!(full.packed_shared_bytes, 0, "full packs first");
+    assert!(
+        rung.packed_shared_bytes as f64 >= 0.95 * rung.packed_bytes as f64,
+        "full-160 shares {:.1} of its {:.1} MB of packs",
+        mb(rung.packed_shared_bytes as u64),
+        mb(rung.packed_bytes as u64)
+    );
+    assert!(
+        (rung.resident_bytes as f64) <= 0.25 * full.resident_bytes as f64,
+        "full-160 grew {:.1} MB after full's {:.1} MB: it holds a copy of the weights",
+        mb(rung.resident_bytes),
+        mb(full.resident_bytes)
+    );
 }

@@ -151,6 +151,11 @@ pub fn macs(proto: &ModelProto, input_shape: &[usize]) -> Result<u64> {
         .model_for_proto_model(proto)?
         .with_input_fact(0, f32::fact(input_shape).into())?
         .into_typed()?;
+    macs_of(&model)
+}
+
+/// `macs` of a model already typed with its input fixed (batch 1).
+pub fn macs_of(model: &tract_onnx::prelude::TypedModel) -> Result<u64> {
     let mut total: u64 = 0;
     for node in model.nodes() {
         let name = node.op.name();

@@ -67,9 +67,13 @@ pub struct LoadReport {
     /// weights dequantized: the weights as loaded (freed once the plans
     /// are built).
     pub loaded_weights_bytes: u64,
-    /// Bytes of the fast kernels' packed weights, one copy shared by every
-    /// plan of the variant.
+    /// Bytes of the fast kernels' packed weights its plans use: one copy
+    /// shared by every plan of the variant, and by every variant with the
+    /// same weights (the resolution rungs of one file).
     pub packed_bytes: usize,
+    /// Of `packed_bytes`, those packed earlier by another variant: shared,
+    /// not held again.
+    pub packed_shared_bytes: usize,
     pub plans: Vec<PlanReport>,
     /// The fast ops of the batch-1 fast plan (whether or not it was kept).
     pub fast: Option<fast::Summary>,
@@ -133,6 +137,20 @@ fn typed_model(
         .into_typed()
 }
 
+/// The manifest's MAC count against the graph at batch 1 (the manifest
+/// leaves that check to the engine, which types the graph anyway).
+fn check_macs(model: &TypedModel, spec: &VariantSpec) -> Result<()> {
+    let counted = super::inspect::macs_of(model)?;
+    if counted != spec.macs {
+        bail!(
+            "variant '{}': macs = {} in the manifest, but the model file has {counted}",
+            spec.name,
+            spec.macs
+        );
+    }
+    Ok(())
+}
+
 /// The optimized model of one plan, before it is made runnable.
 ///
 /// Fast kernels take their packed weights from `packs` (packing them there
@@ -145,6 +163,9 @@ pub fn optimized_model(
     packs: &fast::Packs,
 ) -> Result<TypedModel> {
     let mut model = typed_model(proto, spec, batch)?;
+    if batch == 1 {
+        check_macs(&model, spec)?;
+    }
     if let Kernels::Fast(isa) = kernels {
         fast::swap_convs(&mut model, isa, packs)?;
     }
@@ -226,6 +247,9 @@ impl TractEngine {
         let mut variants = Vec::new();
         let mut specs = Vec::new();
         let mut reports = Vec::new();
+        // One set of packs for the engine: a pack is keyed by its weights,
+        // so variants with the same weights (rungs of one file) share it.
+        let packs = fast::Packs::default();
         for spec in manifest
             .variants
             .iter()
@@ -248,7 +272,7 @@ impl TractEngine {
             let t0 = Instant::now();
             let proto = variant_proto(&path, spec)?;
             let rss_loaded = crate::memory::trimmed_resident_bytes();
-            let packs = fast::Packs::default();
+            let packed_before = packs.bytes();
             let mut plans = Vec::new();
             let mut plan_reports = Vec::new();
             let mut summary = None;
@@ -308,7 +332,11 @@ impl TractEngine {
                 load_time,
                 resident_bytes: rss_after.saturating_sub(rss_before),
                 loaded_weights_bytes: rss_loaded.saturating_sub(rss_before),
-                packed_bytes: packs.bytes(),
+                packed_bytes: summary.as_ref().map_or(0, |s| s.packed_bytes),
+                packed_shared_bytes: summary
+                    .as_ref()
+                    .map_or(0, |s| s.packed_bytes)
+                    .saturating_sub(packs.bytes() - packed_before),
                 plans: plan_reports,
                 fast: summary,
             });

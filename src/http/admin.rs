@@ -73,8 +73,12 @@ pub struct VariantMemory {
     /// Resident growth while the ONNX file was parsed and its weights
     /// dequantized; freed once the plans are built.
     pub loaded_weights_bytes: i64,
-    /// The fast kernels' packed weights: one copy, shared by every plan.
+    /// The fast kernels' packed weights its plans use: one copy, shared by
+    /// every plan, and with every variant of the same weights.
     pub packed_weights_bytes: i64,
+    /// Of those, the bytes another variant packed first (a resolution rung
+    /// shares its file's packs): counted once, under that variant.
+    pub packed_weights_shared_bytes: i64,
     /// Resident growth while the plans kept after warm-up were built.
     pub plans_bytes: i64,
     /// Peak activations alive in one batch-1 run (from the plan's shapes);
@@ -150,6 +154,7 @@ pub async fn variants(State(st): State<AppState>) -> Result<impl IntoResponse, S
                 VariantMemory {
                     loaded_weights_bytes: part("loaded_weights"),
                     packed_weights_bytes: part("packed_weights"),
+                    packed_weights_shared_bytes: part("packed_weights_shared"),
                     plans_bytes: part("plans"),
                     activations_per_run_bytes: part("activations_per_run"),
                 }

@@ -155,7 +155,6 @@ fn every_malformed_manifest_names_the_field_or_the_file() {
         ),
         ("sha", v("sha256 = \"00\"\n"), "sha256"),
         ("bytes", v("file_bytes = 12\n"), "file_bytes"),
-        ("macs", v("macs = 1\n"), "macs"),
         ("params", v("params = 1\n"), "params"),
         ("input", v("input = \"pixels\"\n"), "input = \"pixels\""),
         ("output", v("output = \"probs\"\n"), "output = \"probs\""),
@@ -336,5 +335,31 @@ fn a_resolution_rung_shares_the_file_and_counts_its_macs_at_its_side() {
             ),
         );
         assert!(e.contains(wanted), "{name}: {e}");
+    }
+}
+
+#[test]
+fn given_macs_are_checked_by_the_engine_against_the_graph_it_types() {
+    use crate::engine::tract::{KernelChoice, TractEngine};
+    let m = Manifest::load(&write(
+        "macs",
+        &format!(
+            "[[variant]]\nname = \"r\"\nfile = \"{}\"\nresize = 96\nmacs = 1\n",
+            full_path()
+        ),
+    ))
+    .unwrap();
+    assert_eq!(m.variants[0].macs, 1, "taken as given, not typed twice");
+    for choice in [KernelChoice::Fast, KernelChoice::Stock] {
+        let err = format!(
+            "{:#}",
+            TractEngine::load(&m, &[], &[1], choice)
+                .err()
+                .expect("wrong macs must fail the load")
+        );
+        assert!(
+            err.contains("macs = 1 in the manifest") && err.contains("'r'"),
+            "{err}"
+        );
     }
 }
