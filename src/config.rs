@@ -233,6 +233,14 @@ pub struct ServeArgs {
     /// variant that meets the deadline.
     #[arg(long, env = "SLIMSERVE_ROUTE_HEADROOM", default_value_t = 0.0)]
     pub route_headroom: f64,
+    /// Load-aware routing: from the measured arrival rate and each rung's
+    /// measured cost, requests are routed to the rungs whose throughput
+    /// keeps the inference workers busy at most this fraction of the time
+    /// (each still takes the most accurate of them that meets its deadline),
+    /// so the queue stays short under overload instead of filling up to the
+    /// deadline. 0: off (README, "Routing").
+    #[arg(long, env = "SLIMSERVE_ROUTE_UTILIZATION", default_value_t = 0.0)]
+    pub route_utilization: f64,
     /// Latency budget of requests without an X-SLA-Ms header, in milliseconds.
     #[arg(long, env = "SLIMSERVE_DEFAULT_SLA_MS", default_value_t = 1000)]
     pub default_sla_ms: u64,

@@ -10,6 +10,9 @@
 //! such as its file size) is never chosen for speed: it is eligible only
 //! when pinned or when no variant on the front is.
 //!
+//! Under load (`ceiling`, when enabled), the candidates a request may take
+//! start at the rung whose throughput matches the measured arrival rate.
+//!
 //! Policy when none can: the fastest eligible variant is tried last (it is
 //! part of the candidate list), and if even it cannot meet the deadline the
 //! request is rejected at once with the best predicted latency, rather than
@@ -88,6 +91,53 @@ pub fn graded(candidates: &[usize], wait: Duration, headroom: Duration) -> Vec<u
         .filter(|(i, _)| *i + 1 == n || wait <= headroom.mul_f64((*i + 1) as f64 / n as f64))
         .map(|(_, v)| *v)
         .collect()
+}
+
+/// Load-aware routing: the most accurate rungs a request may take so that
+/// the workers keep up with the arrivals.
+///
+/// With requests arriving at `rate` per second on `workers` workers, and
+/// `cost[i]` the worker time of one request on the `i`-th candidate (most
+/// accurate first), the rung `index` is the most accurate one on which
+/// every request could be served while the workers stay busy at most
+/// `target` of the time. Where a share of the requests can afford the next
+/// more accurate rung (`index - 1`) with the rest on `index`, and the mix
+/// still fits, `share_above` is that share. Greedy per-request routing
+/// fills the queue up to the deadline first and then downgrades everyone
+/// at once; this picks, from the measured load, the rungs whose throughput
+/// matches it, so the queue stays short.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ceiling {
+    pub index: usize,
+    pub share_above: f64,
+}
+
+impl Ceiling {
+    /// No restriction: every candidate is allowed.
+    pub const NONE: Ceiling = Ceiling {
+        index: 0,
+        share_above: 0.0,
+    };
+}
+
+pub fn ceiling(cost: &[Duration], rate: f64, workers: usize, target: f64) -> Ceiling {
+    let capacity = target * workers as f64; // worker-seconds per second
+    let demand = |i: usize| rate * cost[i].as_secs_f64();
+    let Some(index) = (0..cost.len()).find(|i| demand(*i) <= capacity) else {
+        return Ceiling {
+            index: cost.len().saturating_sub(1),
+            share_above: 0.0,
+        };
+    };
+    if index == 0 {
+        return Ceiling::NONE;
+    }
+    // index - 1 does not fit, index does: above > capacity >= here
+    let (here, above) = (demand(index), demand(index - 1));
+    Ceiling {
+        index,
+        share_above: ((capacity - here) / (above - here)).clamp(0.0, 1.0),
+    }
 }
 
 /// Pick the first candidate whose predicted latency fits `budget_left`.
@@ -203,6 +253,34 @@ mod tests {
         assert_eq!(graded(&c, ms(45), ms(80)), [0, 2]);
         assert_eq!(graded(&c, ms(1000), ms(80)), [2]);
         assert_eq!(graded(&[5], ms(1000), ms(80)), [5], "alone");
+    }
+
+    #[test]
+    fn the_ceiling_matches_the_rungs_throughput_to_the_arrival_rate() {
+        let ms = Duration::from_millis;
+        let cost = [ms(20), ms(10), ms(5)]; // most accurate first
+                                            // 2 workers at 90 %: 1.8 worker-seconds per second
+        assert_eq!(ceiling(&cost, 50.0, 2, 0.9), Ceiling::NONE, "1.0 s/s fits");
+        assert_eq!(ceiling(&cost, 90.0, 2, 0.9), Ceiling::NONE, "exactly full");
+        // 120/s: all on rung 0 needs 2.4, all on rung 1 needs 1.2; a share p
+        // on rung 0 with 1.2 + p × 1.2 = 1.8 gives p = 0.5
+        let c = ceiling(&cost, 120.0, 2, 0.9);
+        assert_eq!(c.index, 1);
+        assert!((c.share_above - 0.5).abs() < 1e-9, "{c:?}");
+        // 300/s: rung 1 needs 3.0, rung 2 1.5: p = 0.3 / 1.5 = 0.2 on rung 1
+        let c = ceiling(&cost, 300.0, 2, 0.9);
+        assert_eq!(c.index, 2);
+        assert!((c.share_above - 0.2).abs() < 1e-9, "{c:?}");
+        // beyond even the fastest: the fastest for all
+        let c = ceiling(&cost, 1000.0, 2, 0.9);
+        assert_eq!((c.index, c.share_above), (2, 0.0));
+        // no arrivals yet, or one candidate: no restriction
+        assert_eq!(ceiling(&cost, 0.0, 2, 0.9), Ceiling::NONE);
+        assert_eq!(ceiling(&[ms(20)], 1000.0, 2, 0.9).index, 0);
+        // costs need not fall with accuracy: the first rung that fits
+        let c = ceiling(&[ms(30), ms(10), ms(12)], 160.0, 2, 0.9);
+        assert_eq!(c.index, 1);
+        assert!((c.share_above - 0.0625).abs() < 1e-9, "{c:?}");
     }
 
     #[test]

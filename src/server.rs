@@ -188,6 +188,7 @@ pub fn assemble_service(
         batching: !args.no_batching,
         slack: args.sla_slack.clamp(0.0, 0.9),
         headroom: args.route_headroom.clamp(0.0, 1.0),
+        utilization: args.route_utilization.clamp(0.0, 1.0),
     };
     let batcher = Batcher::start(
         engine,

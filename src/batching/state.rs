@@ -64,6 +64,12 @@ pub struct Policy {
     /// "Routing"): more requests within budget, at a lower mean accuracy,
     /// hence off by default.
     pub headroom: f64,
+    /// Load-aware routing (0: off): the busiest the workers may be, as a
+    /// fraction of their time, when the router picks the rungs whose
+    /// throughput matches the measured arrival rate (`routing::ceiling`).
+    /// A request then takes the most accurate of those rungs (or a faster
+    /// one) that meets its deadline.
+    pub utilization: f64,
 }
 
 impl Default for Policy {
@@ -74,7 +80,37 @@ impl Default for Policy {
             batching: true,
             slack: 0.0,
             headroom: 0.0,
+            utilization: 0.0,
         }
+    }
+}
+
+/// Time constant of the arrival-rate estimate.
+const RATE_TAU: Duration = Duration::from_secs(1);
+
+/// Routed arrivals per second: a count decayed exponentially with
+/// `RATE_TAU`.
+#[derive(Debug, Clone, Default)]
+struct ArrivalRate {
+    mass: f64,
+    at: Option<Instant>,
+}
+
+impl ArrivalRate {
+    fn mass_at(&self, now: Instant) -> f64 {
+        self.at.map_or(0.0, |t| {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            self.mass * (-dt / RATE_TAU.as_secs_f64()).exp()
+        })
+    }
+
+    fn per_second(&self, now: Instant) -> f64 {
+        self.mass_at(now) / RATE_TAU.as_secs_f64()
+    }
+
+    fn arrive(&mut self, now: Instant) {
+        self.mass = self.mass_at(now) + 1.0;
+        self.at = Some(self.at.map_or(now, |t| t.max(now)));
     }
 }
 
@@ -128,6 +164,10 @@ pub struct State<T> {
     /// Predicted end of the batch each worker runs; None when idle.
     busy_until: Vec<Option<Instant>>,
     queued: usize,
+    arrivals: ArrivalRate,
+    /// Error diffusion of the ceiling's share: which requests may take the
+    /// rung above it.
+    dither: f64,
 }
 
 impl<T: Payload> State<T> {
@@ -145,7 +185,43 @@ impl<T: Payload> State<T> {
             queues,
             busy_until: vec![None; workers.max(1)],
             queued: 0,
+            arrivals: ArrivalRate::default(),
+            dither: 0.0,
         }
+    }
+
+    /// Routed (not pinned) arrivals per second, as measured.
+    pub fn arrival_rate(&self, now: Instant) -> f64 {
+        self.arrivals.per_second(now)
+    }
+
+    /// Worker time of one request on `v`: the least per image among the
+    /// batch sizes that pay.
+    fn cost(&self, v: usize) -> Duration {
+        let sizes = if self.policy.batching {
+            self.profile.paying_sizes(v)
+        } else {
+            vec![1]
+        };
+        sizes
+            .iter()
+            .map(|b| self.profile.mean(v, *b).div_f64((*b).max(1) as f64))
+            .min()
+            .unwrap_or_else(|| self.profile.mean(v, 1))
+    }
+
+    /// The load-aware ceiling for the candidates `cands` at `now`.
+    pub fn ceiling(&self, cands: &[usize], now: Instant) -> routing::Ceiling {
+        if self.policy.utilization <= 0.0 || cands.len() < 2 {
+            return routing::Ceiling::NONE;
+        }
+        let cost: Vec<Duration> = cands.iter().map(|v| self.cost(*v)).collect();
+        routing::ceiling(
+            &cost,
+            self.arrivals.per_second(now),
+            self.workers(),
+            self.policy.utilization.min(1.0),
+        )
     }
 
     pub fn queued(&self) -> usize {
@@ -197,14 +273,34 @@ impl<T: Payload> State<T> {
         deadline: Instant,
         now: Instant,
     ) -> Result<Admitted, ServeError> {
+        self.route_from(req, arrival, deadline, now, 0)
+    }
+
+    /// The candidates of `req`, most accurate first.
+    fn candidates(&self, req: &RouteRequest) -> Vec<usize> {
         let top1: Vec<Option<f64>> = self.variants.iter().map(|v| v.top1).collect();
         let off: Vec<bool> = self.variants.iter().map(|v| v.off_front).collect();
-        let cands = routing::candidates(&top1, &off, req);
-        if cands.is_empty() {
+        routing::candidates(&top1, &off, req)
+    }
+
+    /// `route`, allowing only the candidates from the `from`-th (most
+    /// accurate first; the fastest always), as the load-aware ceiling says.
+    fn route_from(
+        &self,
+        req: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
+        now: Instant,
+        from: usize,
+    ) -> Result<Admitted, ServeError> {
+        let top1: Vec<Option<f64>> = self.variants.iter().map(|v| v.top1).collect();
+        let all = self.candidates(req);
+        if all.is_empty() {
             let best = top1.iter().flatten().copied().fold(0.0, f64::max);
             let min = req.min_top1.unwrap_or(0.0);
             return Err(ServeError::NoVariantAccurateEnough { min, best });
         }
+        let cands = all[from.min(all.len() - 1)..].to_vec();
         let start = self.predicted_start(deadline, now);
         let wait = start.saturating_duration_since(now) + self.profile.wait_error.margin();
         let budget = deadline.saturating_duration_since(arrival);
@@ -224,7 +320,7 @@ impl<T: Payload> State<T> {
                 variant,
                 reason: match () {
                     _ if pinned => RouteReason::Pinned,
-                    _ if variant != cands[0] => RouteReason::Downgraded,
+                    _ if variant != all[0] => RouteReason::Downgraded,
                     _ if top1[variant].is_none() => RouteReason::AccuracyUnknown,
                     _ => RouteReason::MostAccurate,
                 },
@@ -258,7 +354,19 @@ impl<T: Payload> State<T> {
                 payload,
             ));
         }
-        match self.route(req, arrival, deadline, now) {
+        let mut from = 0;
+        if req.pinned.is_none() {
+            self.arrivals.arrive(now);
+            let c = self.ceiling(&self.candidates(req), now);
+            self.dither += c.share_above;
+            from = if self.dither >= 1.0 && c.index > 0 {
+                self.dither -= 1.0;
+                c.index - 1
+            } else {
+                c.index
+            };
+        }
+        match self.route_from(req, arrival, deadline, now, from) {
             Ok(a) => {
                 let q = Queued {
                     arrival,

@@ -36,6 +36,7 @@ pub fn args(variants: &[&str]) -> ServeArgs {
         no_batching: false,
         sla_slack: 0.05,
         route_headroom: 0.0,
+        route_utilization: 0.0,
         default_sla_ms: 20_000,
         max_sla_ms: 60_000,
         max_body_bytes: 4 << 20,

@@ -435,3 +435,108 @@ fn graded_downgrading_steps_down_before_the_deadline_forces_it() {
         accepted(0.0)
     );
 }
+
+/// Open loop on a simulated clock: a request every `gap_ms` (`n` of them,
+/// budget `budget_ms`), each batch taking its variant's cost times a
+/// factor drawn uniformly in `1 ± jitter` (a fixed sequence). Returns the
+/// answers within budget and their mean top-1.
+fn simulate(s: &mut State<Job>, gap_ms: u64, n: u64, budget_ms: u64, jitter: f64) -> (u64, f64) {
+    let (cost, top1) = ([40u64, 25, 15], [0.75, 0.72, 0.70]);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut draw = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        1.0 + jitter * (2.0 * ((seed >> 11) as f64 / (1u64 << 53) as f64) - 1.0)
+    };
+    let t0 = Instant::now();
+    let mut running: Vec<Option<(Instant, Instant, Batch<Job>)>> =
+        (0..s.workers()).map(|_| None).collect();
+    let (mut met, mut acc) = (0u64, 0.0);
+    for ms in 0..n * gap_ms + 2 * budget_ms {
+        let now = t0 + MS(ms);
+        for (w, slot) in running.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|(_, until, _)| *until <= now) {
+                let (started, _, b) = slot.take().unwrap();
+                s.finish(w, b.variant, b.items.len(), now - started);
+                for it in &b.items {
+                    if now <= it.deadline {
+                        met += 1;
+                        acc += top1[b.variant];
+                    }
+                }
+            }
+        }
+        if ms % gap_ms == 0 && ms / gap_ms < n {
+            let _ = s.submit(
+                &RouteRequest::default(),
+                now,
+                now + MS(budget_ms),
+                job(ms as u32),
+                now,
+            );
+        }
+        s.shed(now);
+        for (w, slot) in running.iter_mut().enumerate() {
+            if slot.is_none() {
+                if let Next::Run(b) = s.next(w, now) {
+                    assert_eq!(b.items.len(), 1, "batches do not pay here");
+                    let took = MS(cost[b.variant]).mul_f64(draw()).max(MS(1));
+                    *slot = Some((now, now + took, b));
+                }
+            }
+        }
+    }
+    (met, acc / met.max(1) as f64)
+}
+
+#[test]
+fn load_aware_routing_matches_the_rungs_to_the_arrival_rate() {
+    // 50 requests/s on one worker: full (40 ms) alone could serve 25/s,
+    // int8 (15 ms) 66/s. At 90 % utilization the mix is 30 % pruned and
+    // 70 % int8 (0.3 × 25 + 0.7 × 15 = 18 ms per request).
+    let t = Instant::now();
+    let mut probe = state(1, 1.6);
+    probe.policy.utilization = 0.9;
+    for i in 0..200 {
+        let now = t + MS(20 * i);
+        let _ = probe.submit(
+            &RouteRequest::default(),
+            now,
+            now + MS(150),
+            job(i as u32),
+            now,
+        );
+    }
+    let rate = probe.arrival_rate(t + MS(20 * 199));
+    assert!((45.0..=55.0).contains(&rate), "measured {rate}/s for 50/s");
+    let n = 500;
+    let (greedy, greedy_acc) = simulate(&mut state(1, 1.6), 20, n, 150, 0.5);
+    let mut aware = state(1, 1.6);
+    aware.policy.utilization = 0.9;
+    let (met, acc) = simulate(&mut aware, 20, n, 150, 0.5);
+    eprintln!("greedy: {greedy}/{n} within budget at top-1 {greedy_acc:.3}; load-aware: {met}/{n} at {acc:.3}");
+    assert!(met as f64 >= 0.95 * n as f64, "load-aware: {met} of {n}");
+    assert!(met > greedy, "load-aware {met} vs greedy {greedy}");
+    assert!(
+        acc > 0.705,
+        "the share above int8 is used: mean top-1 {acc}"
+    );
+    // Light load: nothing changes, the most accurate for everyone.
+    let mut light = state(1, 1.6);
+    light.policy.utilization = 0.9;
+    let (met, acc) = simulate(&mut light, 100, 50, 150, 0.5);
+    assert_eq!((met, acc), (50, 0.75));
+    // Pinned requests are neither limited nor counted.
+    let mut s = state(1, 1.6);
+    s.policy.utilization = 0.9;
+    let pinned = RouteRequest {
+        pinned: Some(0),
+        ..Default::default()
+    };
+    for i in 0..20 {
+        let now = t + MS(i);
+        let _ = s.submit(&pinned, now, now + MS(10_000), job(i as u32), now);
+    }
+    assert_eq!(s.arrival_rate(t + MS(20)), 0.0);
+}
