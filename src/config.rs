@@ -238,8 +238,9 @@ pub struct ServeArgs {
     /// keeps the inference workers busy at most this fraction of the time
     /// (each still takes the most accurate of them that meets its deadline),
     /// so the queue stays short under overload instead of filling up to the
-    /// deadline. 0: off (README, "Routing").
-    #[arg(long, env = "SLIMSERVE_ROUTE_UTILIZATION", default_value_t = 0.0)]
+    /// deadline. 0: off, greedy (the most accurate rung that meets each
+    /// deadline given the queue; README, "Routing").
+    #[arg(long, env = "SLIMSERVE_ROUTE_UTILIZATION", default_value_t = 0.9)]
     pub route_utilization: f64,
     /// Latency budget of requests without an X-SLA-Ms header, in milliseconds.
     #[arg(long, env = "SLIMSERVE_DEFAULT_SLA_MS", default_value_t = 1000)]

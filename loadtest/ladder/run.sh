@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ladder under overload, in one run against one server with every rung loaded:
 #  1. capacity: the highest rate at which `pinned:full` answers >= 99 % within SLA_MS
-#     (loadtest --search), unless CAPACITY is given;
+#     (loadtest --search), or with CAPACITY=throughput the goodput pinned full
+#     sustains when overloaded, unless CAPACITY is given as a rate;
 #  2. open loop at OVERLOAD x that rate, SLA_MS budget: pinned:full, then routed;
 #  3. mixed budgets: two generators at once, each at half of that rate, routed, one
 #     with every request at TIGHT_MS and one at LOOSE_MS.
@@ -10,6 +11,7 @@
 # and the mean top-1 served; then the ratio routed / pinned. Also ready time and
 # resident memory with every rung loaded, after the load.
 #
+#   CAPACITY=N (req/s) or CAPACITY=throughput (pinned full's goodput at PROBE_RATE=200 req/s)
 #   SLA_MS=150 OVERLOAD=2 TIGHT_MS=60 LOOSE_MS=400 DURATION=20 OUT=/tmp/slimserve-ladder PORT=18380
 #   SLIMSERVE_BIN=... LOADTEST_BIN=... (default: release builds in target/)  SERVE_ARGS="" (extra flags)
 set -euo pipefail
@@ -41,7 +43,14 @@ echo "ready after ${ready_s} s with $(curl -fs "http://$TARGET/v1/variants" | py
 
 lt() { "$LOADTEST_BIN" --target "http://$TARGET" --warmup 3s "$@"; }
 
-if [ -z "${CAPACITY:-}" ]; then
+if [ "${CAPACITY:-}" = throughput ]; then
+  # full's capacity as the goodput pinned full sustains when offered more
+  # than it can serve (PROBE_RATE), rather than the highest rate it meets
+  # at the 99th percentile
+  lt --scenario pinned:full --sla-ms "$SLA_MS" --rates "${PROBE_RATE:-200}" --duration 10s \
+    --out "$OUT/capacity" >"$OUT/capacity.log" 2>&1
+  CAPACITY=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(r["steps"][0]["goodput_rps"], 1))' "$OUT/capacity/results.json")
+elif [ -z "${CAPACITY:-}" ]; then
   lt --scenario pinned:full --sla-ms "$SLA_MS" --search --search-start 20 --search-steps 6 \
     --duration 8s --out "$OUT/capacity" >"$OUT/capacity.log" 2>&1
   CAPACITY=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["summary"][0]["max_rate_within_sla"] or 0)' "$OUT/capacity/results.json")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 CASES=${CASES:-100000}
 LOG=${LOG:-/tmp/slimserve-fuzz}
 mkdir -p "$LOG"
-nice -n 19 cargo build --release --locked --tests 2>&1 | tail -1
+nice -n 19 cargo build --release --locked --test fuzz_http --test fuzz_wire 2>&1 | tail -1
 export SLIMSERVE_FUZZ_CASES=$CASES
 t0=$(date +%s)
 (nice -n 19 cargo test --release --locked --test fuzz_http -- --nocapture --test-threads 1 >"$LOG/http.log" 2>&1; echo $? >"$LOG/http.rc") &
