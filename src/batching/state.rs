@@ -195,14 +195,19 @@ impl<T: Payload> State<T> {
         self.arrivals.per_second(now)
     }
 
-    /// Worker time of one request on `v`: the least per image among the
-    /// batch sizes that pay.
-    fn cost(&self, v: usize) -> Duration {
-        let sizes = if self.policy.batching {
+    /// The batch sizes `v` may run: those that pay, or 1 with batching off.
+    fn sizes(&self, v: usize) -> Vec<usize> {
+        if self.policy.batching {
             self.profile.paying_sizes(v)
         } else {
             vec![1]
-        };
+        }
+    }
+
+    /// Worker time of one request on `v`: the least per image among the
+    /// batch sizes that pay.
+    fn cost(&self, v: usize) -> Duration {
+        let sizes = self.sizes(v);
         sizes
             .iter()
             .map(|b| self.profile.mean(v, *b).div_f64((*b).max(1) as f64))
@@ -273,7 +278,7 @@ impl<T: Payload> State<T> {
         deadline: Instant,
         now: Instant,
     ) -> Result<Admitted, ServeError> {
-        self.route_from(req, arrival, deadline, now, 0)
+        self.route_from(req, self.candidates(req), arrival, deadline, now, 0)
     }
 
     /// The candidates of `req`, most accurate first.
@@ -283,18 +288,19 @@ impl<T: Payload> State<T> {
         routing::candidates(&top1, &off, req)
     }
 
-    /// `route`, allowing only the candidates from the `from`-th (most
-    /// accurate first; the fastest always), as the load-aware ceiling says.
+    /// `route` among `all` (the candidates of `req`), allowing only those
+    /// from the `from`-th (most accurate first; the fastest always), as the
+    /// load-aware ceiling says.
     fn route_from(
         &self,
         req: &RouteRequest,
+        all: Vec<usize>,
         arrival: Instant,
         deadline: Instant,
         now: Instant,
         from: usize,
     ) -> Result<Admitted, ServeError> {
         let top1: Vec<Option<f64>> = self.variants.iter().map(|v| v.top1).collect();
-        let all = self.candidates(req);
         if all.is_empty() {
             let best = top1.iter().flatten().copied().fold(0.0, f64::max);
             let min = req.min_top1.unwrap_or(0.0);
@@ -355,9 +361,10 @@ impl<T: Payload> State<T> {
             ));
         }
         let mut from = 0;
+        let cands = self.candidates(req);
         if req.pinned.is_none() {
             self.arrivals.arrive(now);
-            let c = self.ceiling(&self.candidates(req), now);
+            let c = self.ceiling(&cands, now);
             self.dither += c.share_above;
             from = if self.dither >= 1.0 && c.index > 0 {
                 self.dither -= 1.0;
@@ -366,7 +373,7 @@ impl<T: Payload> State<T> {
                 c.index
             };
         }
-        match self.route_from(req, arrival, deadline, now, from) {
+        match self.route_from(req, cands, arrival, deadline, now, from) {
             Ok(a) => {
                 let q = Queued {
                     arrival,
@@ -455,11 +462,7 @@ impl<T: Payload> State<T> {
     /// is worth waiting for a larger batch.
     fn batch_size(&self, v: usize, now: Instant) -> Result<usize, Instant> {
         let n = self.queues[v].len();
-        let sizes = if self.policy.batching {
-            self.profile.paying_sizes(v)
-        } else {
-            vec![1]
-        };
+        let sizes = self.sizes(v);
         let largest = *sizes.last().unwrap_or(&1);
         let head = &self.queues[v][0];
         if n < largest {
