@@ -104,6 +104,31 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Opti
     }
 }
 
+/// Read exactly one answer (head and a `content-length` body) off a
+/// keep-alive connection.
+async fn read_one_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed mid-answer");
+        out.extend_from_slice(&buf[..n]);
+        let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("a content-length");
+        if out.len() >= end + 4 + len {
+            assert_eq!(out.len(), end + 4 + len, "nothing after the answer");
+            return out;
+        }
+    }
+}
+
 fn status_and_json(raw: &[u8]) -> (u16, String, Value) {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
@@ -439,4 +464,60 @@ async fn shutdown_answers_accepted_requests_and_refuses_new_connections() {
         .unwrap()
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+/// A keep-alive connection that is idle when shutdown begins is not cut at
+/// once: a request the client sends on it in the next moment gets an answer
+/// (a clean `503 shutting_down` with `connection: close`) instead of a
+/// closed connection, and a connection that stays idle is closed after the
+/// linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_a_request_sent_on_an_idle_keep_alive_connection() {
+    let mut a = args(&[]);
+    a.shutdown_timeout_secs = 10;
+    let mut server = start_fake(a, Duration::from_millis(20)).await;
+    let png = photo("chelsea.png");
+    let request = |close: bool| {
+        let mut r = format!(
+            "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-SLA-Ms: 5000\r\nContent-Length: {}\r\n{}\r\n",
+            png.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+        .into_bytes();
+        r.extend_from_slice(&png);
+        r
+    };
+    // Two connections, each served once and then idle.
+    let mut used = TcpStream::connect(server.addr).await.unwrap();
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    for s in [&mut used, &mut idle] {
+        s.write_all(&request(false)).await.unwrap();
+        let raw = read_one_response(s).await;
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "first answer");
+    }
+    let stopped = Instant::now();
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    used.write_all(&request(false)).await.unwrap();
+    let (raw, closed) = read_until_closed(&mut used, Duration::from_secs(5)).await;
+    let (status, head, json) = status_and_json(&raw);
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (503, Some("shutting_down")),
+        "the request sent after shutdown began is answered, refused cleanly: {json}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed.is_some(), "and the connection then ends");
+    let (rest, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(rest.is_empty());
+    assert!(closed.is_some(), "the idle one is closed");
+    let after = stopped.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(4),
+        "the idle one closes after the linger, not at once: {after:?}"
+    );
+    let done = tokio::time::timeout(Duration::from_secs(10), &mut server.task).await;
+    done.expect("exits within the shutdown timeout")
+        .unwrap()
+        .unwrap();
 }

@@ -20,7 +20,9 @@
 //!   (at most every 10 s) and `slimserve_connections_total{outcome}` tell.
 //!
 //! On shutdown the listeners close (new connections are refused by the
-//! kernel), idle connections close, HTTP/1 answers carry
+//! kernel), idle connections close (HTTP/1 ones after `SHUTDOWN_LINGER`,
+//! answering a request that arrives meanwhile: `503 shutting_down`), HTTP/1
+//! answers carry
 //! `connection: close`, HTTP/2 sends GOAWAY, and every request in progress
 //! is answered before its connection ends.
 
@@ -67,6 +69,13 @@ const MIN_BODY_WINDOW: Duration = Duration::from_millis(200);
 /// Longest the accept loop waits for a connection to close when `accept`
 /// found no free descriptor.
 const NO_FDS_WAIT: Duration = Duration::from_millis(20);
+
+/// How long an idle HTTP/1 connection stays open after shutdown begins.
+/// Closing it at once races a request the client may be sending on it
+/// (that request would see the connection end without an answer); within
+/// this time a request that arrives is answered (`503 shutting_down`) with
+/// `connection: close`, so the client itself stops using the connection.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
 /// Longest the accept loop waits for evicted connections to close.
 const CLOSING_WAIT: Duration = Duration::from_millis(200);
@@ -175,6 +184,8 @@ struct ConnState {
     http2: AtomicBool,
     /// Closing it was decided (evicted): skipped when looking for room.
     evicting: AtomicBool,
+    /// The server is shutting down: HTTP/1 answers carry `connection: close`.
+    closing: AtomicBool,
     /// Wakes the connection's task: a deadline may have moved closer, or it
     /// is evicted.
     wake: Notify,
@@ -319,6 +330,7 @@ impl Pool {
             served_any: AtomicBool::new(false),
             http2: AtomicBool::new(proto == Protocol::Grpc),
             evicting: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             wake: Notify::new(),
             cutter: Arc::default(),
         });
@@ -585,11 +597,19 @@ async fn connection<S, B, IO>(
     let conn = builder.serve_connection(io, handler);
     tokio::pin!(conn);
     let mut closing = false;
+    // Shutdown began on an idle HTTP/1 connection: close it at this time.
+    let mut linger: Option<Instant> = None;
     loop {
         let deadline = pool.deadline(state);
         let sleep = async {
             match deadline {
                 Some((t, _)) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let lingering = async {
+            match linger {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -615,6 +635,16 @@ async fn connection<S, B, IO>(
             }
             _ = stop.wait_for(|s| *s), if !closing => {
                 closing = true;
+                state.closing.store(true, Ordering::SeqCst);
+                let h1 = proto != Protocol::Grpc && !state.http2.load(Ordering::Relaxed);
+                if h1 && state.in_flight.load(Ordering::SeqCst) == 0 {
+                    linger = Some(Instant::now() + SHUTDOWN_LINGER);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = lingering => {
+                linger = None;
                 conn.as_mut().graceful_shutdown();
             }
         }
@@ -658,16 +688,18 @@ where
     )
     .with_guard(reading);
     let Ok(mut resp) = svc.oneshot(Request::from_parts(parts, body)).await;
+    let h1 = !state.http2.load(Ordering::Relaxed);
     if timed_out.load(Ordering::SeqCst) {
         pool.metrics
             .body_timeouts
             .with_label_values(&[proto.label()])
             .inc();
-        if !state.http2.load(Ordering::Relaxed) {
-            // The rest of the body is unread: this connection cannot carry another request.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+    }
+    // The rest of a cut body is unread: the connection cannot carry another
+    // request; and a server shutting down takes no further ones.
+    if h1 && (timed_out.load(Ordering::SeqCst) || state.closing.load(Ordering::SeqCst)) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp.map(|b| Tracked {
         inner: b,
