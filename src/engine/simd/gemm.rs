@@ -5,7 +5,8 @@
 //!
 //! Blocking: rows are taken in chunks whose `a` rows fit in about 128 KiB
 //! (L2-resident while every panel passes over them); a panel (`k x NV`
-//! vectors) is reused by every row block of the chunk. Activations are read
+//! vectors) is reused by every row block of the chunk (int8 weights are
+//! dequantized into one panel's buffer at that point). Activations are read
 //! in place (row stride `lda`), never packed.
 
 use super::{Clamp, PackedGemm, Panel, Residual, Vector};
@@ -93,6 +94,7 @@ unsafe fn tile<V: Vector, const MR: usize, const NV: usize, const RES: bool>(
 unsafe fn block<V: Vector, const MR: usize, const NV: usize>(
     w: &PackedGemm,
     p: &Panel,
+    b: *const f32,
     rows: usize,
     a: *const f32,
     lda: usize,
@@ -104,7 +106,6 @@ unsafe fn block<V: Vector, const MR: usize, const NV: usize>(
     scratch: &mut Vec<f32>,
 ) {
     unsafe {
-        let b = w.data.as_slice().as_ptr().add(p.offset);
         let bias = w.bias.as_slice().as_ptr().add(p.n0);
         // A macro, not a closure: closures do not inherit the caller's
         // target features, so the kernel would not be inlined into them.
@@ -179,11 +180,14 @@ pub(super) unsafe fn gemm<V: Vector>(
         let max_mr = w.panels.iter().map(|p| p.mr).max().unwrap_or(1);
         let chunk = (CHUNK_BYTES / (4 * w.k.max(1)) / 24 * 24).max(24.max(max_mr));
         let mut scratch = Vec::new();
+        let mut values = Vec::new();
         let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
         let mut m0 = 0;
         while m0 < m {
             let m1 = (m0 + chunk).min(m);
             for p in &w.panels {
+                // int8 weights: the panel dequantized once per chunk of rows.
+                let b = w.panel_values(p, &mut values).as_ptr();
                 let mut i = m0;
                 while i < m1 {
                     let rows = (m1 - i).min(p.mr);
@@ -196,13 +200,17 @@ pub(super) unsafe fn gemm<V: Vector>(
                     let s = &mut scratch;
                     match (p.nv, p.mr) {
                         (1, 12) => {
-                            block::<V, 12, 1>(w, p, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
+                            block::<V, 12, 1>(w, p, b, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
                         }
                         (2, 12) => {
-                            block::<V, 12, 2>(w, p, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
+                            block::<V, 12, 2>(w, p, b, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
                         }
-                        (3, 8) => block::<V, 8, 3>(w, p, rows, ai, lda, ci, ldc, clamp, ri, ldr, s),
-                        (2, 6) => block::<V, 6, 2>(w, p, rows, ai, lda, ci, ldc, clamp, ri, ldr, s),
+                        (3, 8) => {
+                            block::<V, 8, 3>(w, p, b, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
+                        }
+                        (2, 6) => {
+                            block::<V, 6, 2>(w, p, b, rows, ai, lda, ci, ldc, clamp, ri, ldr, s)
+                        }
                         _ => unreachable!("no micro-kernel for panel {p:?}"),
                     }
                     i += rows;

@@ -179,9 +179,72 @@ pub struct PackedGemm {
     k: usize,
     n: usize,
     panels: Vec<Panel>,
-    data: AlignedVec,
+    data: PackData,
     /// Bias padded to whole vectors.
     bias: AlignedVec,
+}
+
+/// The packed values, in panel order.
+#[derive(Clone)]
+enum PackData {
+    F32(AlignedVec),
+    /// Every weight is exactly `q * scale[column]` with `q` an integer in
+    /// `-127..=127` (the weights of an int8-weight file, dequantized at
+    /// load): a quarter of the bytes, and the kernel gets the very same f32
+    /// values back, one panel at a time (`PackedGemm::panel_values`).
+    I8 {
+        q: Vec<i8>,
+        scales: AlignedVec,
+    },
+}
+
+/// `out = q * scale[column]` for the `k x width` panel `p`.
+#[inline(always)]
+fn dequantize_panel(q: &[i8], scales: &AlignedVec, p: &Panel, width: usize, out: &mut [f32]) {
+    let s = &scales.as_slice()[p.n0..p.n0 + width];
+    let q = &q[p.offset..p.offset + out.len()];
+    for (o, qs) in out.chunks_exact_mut(width).zip(q.chunks_exact(width)) {
+        for ((o, &qv), &sv) in o.iter_mut().zip(qs).zip(s) {
+            *o = qv as f32 * sv;
+        }
+    }
+}
+
+/// Per-column scales under which every weight of the `k x n` row-major `w`
+/// is exactly `q * scale` for an integer `q` in `-127..=127` (checked
+/// value by value, so the f32 product reproduces it bit for bit), or
+/// `None`. Symmetric int8 quantizers choose `scale = max|w| / 127`; the
+/// floats two steps either side are tried too, since `max|w|` is itself
+/// the rounded `127 * scale`.
+fn int8_scales(w: &[f32], k: usize, n: usize) -> Option<Vec<f32>> {
+    let mut scales = Vec::with_capacity(n);
+    for j in 0..n {
+        let column = || (0..k).map(|kk| w[kk * n + j]);
+        let mut max = 0f32;
+        for v in column() {
+            if !v.is_finite() {
+                return None;
+            }
+            max = max.max(v.abs());
+        }
+        if max == 0.0 {
+            scales.push(1.0);
+            continue;
+        }
+        let s0 = max / 127.0;
+        let exact = |s: f32| {
+            s > 0.0
+                && s.is_finite()
+                && column().all(|v| {
+                    let q = (v / s).round();
+                    q.abs() <= 127.0 && q * s == v
+                })
+        };
+        let (up, down) = (s0.next_up(), s0.next_down());
+        let candidates = [s0, up, down, up.next_up(), down.next_down()];
+        scales.push(candidates.into_iter().find(|&s| exact(s))?);
+    }
+    Some(scales)
 }
 
 impl std::fmt::Debug for PackedGemm {
@@ -237,21 +300,54 @@ impl PackedGemm {
     /// Pack `w`, a `k x n` row-major matrix (`w[i * n + j]`), and its bias
     /// (`n` values) for `isa`.
     pub fn new(isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedGemm {
+        Self::build(isa, w, k, n, bias, true)
+    }
+
+    /// As `new`, always holding f32 (the reference the int8 packs are
+    /// tested against).
+    #[cfg(test)]
+    fn new_f32(isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32]) -> PackedGemm {
+        Self::build(isa, w, k, n, bias, false)
+    }
+
+    fn build(isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32], int8: bool) -> PackedGemm {
         assert_eq!(w.len(), k * n, "weights are not {k} x {n}");
         assert_eq!(bias.len(), n, "bias is not {n} long");
         let l = isa.lanes();
         let panels = plan_panels(isa, n, k);
         let total: usize = panels.iter().map(|p| k * p.nv * l).sum();
-        let mut data = AlignedVec::zeroed(total);
-        let d = data.as_mut_slice();
-        for p in &panels {
-            let width = p.nv * l;
-            for kk in 0..k {
-                let row = &w[kk * n + p.n0..kk * n + p.n0 + p.cols];
-                d[p.offset + kk * width..p.offset + kk * width + p.cols].copy_from_slice(row);
+        let padded = n.div_ceil(l) * l;
+        let data = match int8_scales(w, k, n).filter(|_| int8) {
+            Some(s) => {
+                let mut q = vec![0i8; total];
+                for p in &panels {
+                    let width = p.nv * l;
+                    for kk in 0..k {
+                        for j in 0..p.cols {
+                            let c = p.n0 + j;
+                            q[p.offset + kk * width + j] = (w[kk * n + c] / s[c]).round() as i8;
+                        }
+                    }
+                }
+                let mut scales = AlignedVec::zeroed(padded);
+                scales.as_mut_slice()[..n].copy_from_slice(&s);
+                PackData::I8 { q, scales }
             }
-        }
-        let mut b = AlignedVec::zeroed(n.div_ceil(l) * l);
+            None => {
+                let mut data = AlignedVec::zeroed(total);
+                let d = data.as_mut_slice();
+                for p in &panels {
+                    let width = p.nv * l;
+                    for kk in 0..k {
+                        let row = &w[kk * n + p.n0..kk * n + p.n0 + p.cols];
+                        d[p.offset + kk * width..p.offset + kk * width + p.cols]
+                            .copy_from_slice(row);
+                    }
+                }
+                PackData::F32(data)
+            }
+        };
+        let mut b = AlignedVec::zeroed(padded);
         b.as_mut_slice()[..n].copy_from_slice(bias);
         PackedGemm {
             isa,
@@ -260,6 +356,42 @@ impl PackedGemm {
             panels,
             data,
             bias: b,
+        }
+    }
+
+    /// Whether the weights are held as int8 with a scale per column.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.data, PackData::I8 { .. })
+    }
+
+    /// The f32 values of panel `p` (`k * nv * lanes`): in place, or
+    /// dequantized into `buf`. Inlined into the kernels' drivers, so the
+    /// loop is vectorised for their instruction set.
+    #[inline(always)]
+    fn panel_values<'a>(&'a self, p: &Panel, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let width = p.nv * self.isa.lanes();
+        let len = self.k * width;
+        match &self.data {
+            PackData::F32(d) => &d.as_slice()[p.offset..p.offset + len],
+            PackData::I8 { q, scales } => {
+                buf.clear();
+                buf.resize(len, 0.0);
+                dequantize_panel(q, scales, p, width, buf);
+                buf
+            }
+        }
+    }
+
+    /// As `panel_values`, for the portable twin: borrowed or owned.
+    fn panel_cow(&self, p: &Panel) -> std::borrow::Cow<'_, [f32]> {
+        let len = self.k * p.nv * self.isa.lanes();
+        match &self.data {
+            PackData::F32(d) => d.as_slice()[p.offset..p.offset + len].into(),
+            PackData::I8 { .. } => {
+                let mut buf = Vec::new();
+                self.panel_values(p, &mut buf);
+                buf.into()
+            }
         }
     }
 
@@ -277,7 +409,11 @@ impl PackedGemm {
 
     /// Bytes held by the packed weights and bias.
     pub fn bytes(&self) -> usize {
-        self.data.bytes() + self.bias.bytes()
+        let data = match &self.data {
+            PackData::F32(d) => d.bytes(),
+            PackData::I8 { q, scales } => q.len() + scales.bytes(),
+        };
+        data + self.bias.bytes()
     }
 }
 

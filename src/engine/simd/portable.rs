@@ -17,17 +17,18 @@ pub(super) fn gemm(
     res: Option<Residual>,
 ) {
     let (k, n) = (w.k, w.n);
-    let data = w.data.as_slice();
     let bias = &w.bias.as_slice()[..n];
+    // Each panel's values once per call (int8 weights dequantized).
+    let values: Vec<std::borrow::Cow<[f32]>> = w.panels.iter().map(|p| w.panel_cow(p)).collect();
     let mut acc = vec![0f32; n];
     for i in 0..m {
         acc.copy_from_slice(bias);
         let row = &a[i * lda..i * lda + k];
-        for p in &w.panels {
+        for (p, data) in w.panels.iter().zip(&values) {
             let width = p.nv * w.isa.lanes();
             let out = &mut acc[p.n0..p.n0 + p.cols];
             for (kk, &x) in row.iter().enumerate() {
-                let wr = &data[p.offset + kk * width..p.offset + kk * width + p.cols];
+                let wr = &data[kk * width..kk * width + p.cols];
                 for (o, &wv) in out.iter_mut().zip(wr) {
                     *o += x * wv;
                 }

@@ -180,3 +180,81 @@ fn bad_depthwise_geometry_is_an_error_not_a_panic() {
     };
     assert!(PackedDepthwise::new(Isa::Portable, geo, &[0.0; 27], &[0.0; 3]).is_err());
 }
+
+/// Weights that are exactly int8 times a scale per column (an int8-weight
+/// file, dequantized at load) are held as int8 and give the f32 pack's
+/// results bit for bit; weights that are not stay f32.
+#[test]
+fn int8_exact_weights_are_held_as_int8_with_the_f32_packs_results() {
+    let mut r = Rng(0x5eed_0003);
+    let ns = [1, 7, 8, 17, 24, 33, 48, 80, 200];
+    for case in 0..150 {
+        let m = 1 + r.below(40);
+        let k = 1 + r.below(if case % 10 == 0 { 600 } else { 90 });
+        let n = ns[r.below(ns.len())];
+        let (lda, ldc) = (k + r.below(3), n + r.below(3));
+        let a = r.vec((m - 1) * lda + k);
+        let bias = r.vec(n);
+        let clamp = clamps(&mut r);
+        let scales: Vec<f32> = (0..n).map(|_| 1e-3 + r.f32().abs() * 0.1).collect();
+        let mut w = vec![0f32; k * n];
+        for j in 0..n {
+            // An all-zero column now and then; else one weight at +-127.
+            if r.below(20) == 0 {
+                continue;
+            }
+            let top = r.below(k);
+            for kk in 0..k {
+                let q = if kk == top {
+                    if r.below(2) == 0 {
+                        127
+                    } else {
+                        -127
+                    }
+                } else {
+                    r.below(255) as i32 - 127
+                };
+                w[kk * n + j] = q as f32 * scales[j];
+            }
+        }
+        for isa in Isa::available() {
+            let int8 = PackedGemm::new(isa, &w, k, n, &bias);
+            let f32s = PackedGemm::new_f32(isa, &w, k, n, &bias);
+            assert!(int8.is_int8() && !f32s.is_int8(), "case {case}: {isa:?}");
+            if k >= 32 {
+                assert!(
+                    int8.bytes() < f32s.bytes() / 2,
+                    "case {case}: {} vs {} bytes",
+                    int8.bytes(),
+                    f32s.bytes()
+                );
+            }
+            let run = |p: &PackedGemm| {
+                let mut c = vec![f32::NAN; (m - 1) * ldc + n];
+                gemm(p, m, &a, lda, &mut c, ldc, clamp, None);
+                c
+            };
+            let (got, want) = (run(&int8), run(&f32s));
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, e) = (got[i * ldc + j], want[i * ldc + j]);
+                    assert_eq!(
+                        g.to_bits(),
+                        e.to_bits(),
+                        "{isa:?} case {case}: m {m} k {k} n {n} at ({i},{j}): {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+    // Not int8: a weight off the grid, or a column whose steps are not a
+    // 127th of its largest weight.
+    let mut w: Vec<f32> = (0..64).map(|i| (i % 8) as f32 * 0.25 - 1.0).collect();
+    let bias = vec![0.0; 8];
+    w[5] = 0.012345;
+    for isa in Isa::available() {
+        assert!(!PackedGemm::new(isa, &w, 8, 8, &bias).is_int8());
+        let halves: Vec<f32> = (0..64).map(|i| (i % 5) as f32 * 0.5).collect();
+        assert!(!PackedGemm::new(isa, &halves, 8, 8, &bias).is_int8());
+    }
+}
