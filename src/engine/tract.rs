@@ -176,6 +176,7 @@ pub fn optimized_model(
     model.declutter()?;
     if kernels != Kernels::Stock {
         fast::fuse_epilogues(&mut model)?;
+        fast::resize::swap_resizes(&mut model)?;
     }
     codegen_for_batch(batch).optimize(&mut model)?;
     Ok(model)

@@ -15,7 +15,10 @@
 //!    of our ops into its kernel: the `Max`/`Min` of a clip (ReLU6), and for
 //!    a 1x1 convolution the residual `Add`.
 //!
-//! Everything else (the pooling, Resize, Q/DQ) stays tract's.
+//! 4. [`resize::swap_resizes`] (on the decluttered model) replaces tract's
+//!    `Resize` with constant scales by a resampler planned once.
+//!
+//! Everything else (the pooling, Q/DQ) stays tract's.
 //! The kernels themselves are in `super::simd`.
 
 pub mod conv;
@@ -23,6 +26,7 @@ pub mod depthwise;
 pub mod matmul;
 pub mod packs;
 pub mod pointwise;
+pub mod resize;
 
 use crate::engine::simd::{Clamp, DwGeometry, Isa};
 use conv::{ConvGeometry, DenseConv};
