@@ -4,6 +4,7 @@
 //! same top-1. (The onnxruntime reference test in models.rs runs both paths
 //! too.)
 
+use slimserve::engine::simd::qgemm::QIsa;
 use slimserve::engine::simd::Isa;
 use slimserve::engine::top_k;
 use slimserve::engine::tract::{build_plan, run_plan, variant_proto, Kernels};
@@ -68,8 +69,16 @@ fn the_fast_path_matches_the_stock_plan_on_every_variant_batch_and_isa() {
             } else {
                 vec![best]
             };
-            for isa in isas {
-                let fast = build_plan(&proto, spec, batch, Kernels::Fast(isa)).unwrap();
+            let mut kernels: Vec<Kernels> = isas.into_iter().map(Kernels::Fast).collect();
+            // The integer kernels: on a QDQ model they replace the float
+            // convolutions; every integer instruction set at batch 1.
+            for q in QIsa::available() {
+                if batch == 1 || Some(q) == QIsa::for_float(best) {
+                    kernels.push(Kernels::Int8(best, q));
+                }
+            }
+            for k in kernels {
+                let fast = build_plan(&proto, spec, batch, k).unwrap();
                 let input: Vec<f32> = imgs[..batch].concat();
                 let got = run_plan(&fast, dims, batch, input).unwrap();
                 let per = got.len() / batch;
@@ -79,11 +88,11 @@ fn the_fast_path_matches_the_stock_plan_on_every_variant_batch_and_isa() {
                     println!(
                         "{:<8} batch {batch} {:<8} image {i}: relative {rel:.2e}",
                         spec.name,
-                        isa.name()
+                        k.name()
                     );
                     assert!(
                         rel <= tol,
-                        "{} batch {batch} {isa:?} image {i}: {rel:.2e} > {tol:.0e}",
+                        "{} batch {batch} {k:?} image {i}: {rel:.2e} > {tol:.0e}",
                         spec.name
                     );
                     assert_eq!(
@@ -177,4 +186,55 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
             );
         }
     }
+}
+
+/// A QDQ model on the integer kernels (the portable ones, which every CPU
+/// runs): every convolution but the float stem is an integer op, tract's
+/// float convolutions and its quantize / dequantize passes are gone.
+#[test]
+fn the_int8_kernels_take_every_quantized_convolution_of_the_qdq_model() {
+    use slimserve::engine::fast::{summarize, Packs};
+    use slimserve::engine::tract::optimized_model;
+    let manifest = Manifest::load(&bundled_models_dir()).unwrap();
+    let spec = manifest.variants.iter().find(|v| v.name == "int8").unwrap();
+    let proto = variant_proto(&manifest.model_path(spec), spec).unwrap();
+    let packs = Packs::default();
+    let kernels = Kernels::Int8(Isa::detect(), QIsa::Portable);
+    let model = optimized_model(&proto, spec, 1, kernels, &packs).unwrap();
+    let s = summarize(&model);
+    // The stem and the classifier stay float (the file keeps them so).
+    assert_eq!((s.qdepthwise, s.qpointwise), (16, 32), "{s:?}");
+    assert_eq!(
+        (s.dense, s.depthwise, s.pointwise, s.matmul),
+        (1, 0, 0, 1),
+        "{s:?}"
+    );
+    let names: Vec<String> = model
+        .nodes
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect();
+    for stock in [
+        "Conv",
+        "DepthWiseConv",
+        "OptMatMul",
+        "QuantizeLinearI8",
+        "QuantizeLinearU8",
+        "DequantizeLinearF32",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == stock),
+            "a {stock} is left: {names:?}"
+        );
+    }
+    // A float model is left as the fast path makes it.
+    let full = manifest.variants.iter().find(|v| v.name == "full").unwrap();
+    let proto = variant_proto(&manifest.model_path(full), full).unwrap();
+    let model = optimized_model(&proto, full, 1, kernels, &packs).unwrap();
+    let s = summarize(&model);
+    assert_eq!(
+        (s.qdepthwise, s.qpointwise, s.pointwise),
+        (0, 0, 32),
+        "{s:?}"
+    );
 }

@@ -5,7 +5,6 @@ pub mod preprocess;
 
 use crate::config::{default_workers, BenchArgs};
 use crate::engine::profile::{profile, NodeTime};
-use crate::engine::simd::Isa;
 use crate::engine::tract::{variant_proto, Kernels, TractEngine};
 use crate::engine::{timed_runs, Engine};
 use anyhow::Result;
@@ -182,7 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if args.profile_runs > 0 {
             let proto = variant_proto(&manifest.model_path(spec), spec)?;
-            for kernels in [Kernels::Stock, Kernels::Fast(Isa::detect())] {
+            for kernels in [Kernels::Stock, Kernels::best()] {
                 let times = profile(&proto, spec, 1, kernels, args.profile_runs)?;
                 print_profile(&name, &kernels.name(), &times);
                 vb.profiles.push((kernels.name(), times));

@@ -7,6 +7,7 @@
 //! 1×1 convolution at batch > 1.
 
 use super::fast;
+use super::simd::qgemm::QIsa;
 use super::simd::Isa;
 use super::Engine;
 use crate::manifest::{Manifest, VariantSpec};
@@ -105,6 +106,9 @@ pub enum Kernels {
     Stock,
     /// The project's channel-last ops (`super::fast`) on this instruction set.
     Fast(Isa),
+    /// As `Fast`, and a QDQ model's convolutions on integer kernels
+    /// (`super::fast::quant`) of this instruction set.
+    Int8(Isa, QIsa),
 }
 
 impl Kernels {
@@ -112,6 +116,18 @@ impl Kernels {
         match self {
             Kernels::Stock => "stock".into(),
             Kernels::Fast(isa) => format!("fast-{}", isa.name()),
+            Kernels::Int8(isa, q) => format!("fast-{}+int8-{}", isa.name(), q.name()),
+        }
+    }
+
+    /// The best kernels this CPU runs: the fast ones on the detected
+    /// instruction set (`SLIMSERVE_SIMD`), with integer kernels for QDQ
+    /// models where it has them.
+    pub fn best() -> Kernels {
+        let isa = Isa::detect();
+        match QIsa::for_float(isa) {
+            Some(q) => Kernels::Int8(isa, q),
+            None => Kernels::Fast(isa),
         }
     }
 }
@@ -166,8 +182,10 @@ pub fn optimized_model(
     if batch == 1 {
         check_macs(&model, spec)?;
     }
-    if let Kernels::Fast(isa) = kernels {
-        fast::swap_convs(&mut model, isa, packs)?;
+    match kernels {
+        Kernels::Stock => {}
+        Kernels::Fast(isa) => fast::swap_convs(&mut model, isa, None, packs)?,
+        Kernels::Int8(isa, q) => fast::swap_convs(&mut model, isa, Some(q), packs)?,
     }
     model.declutter()?;
     let nhwc = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
@@ -177,6 +195,9 @@ pub fn optimized_model(
     if kernels != Kernels::Stock {
         fast::fuse_epilogues(&mut model)?;
         fast::resize::swap_resizes(&mut model)?;
+    }
+    if let Kernels::Int8(_, q) = kernels {
+        fast::quant::swap_qdq(&mut model, q)?;
     }
     codegen_for_batch(batch).optimize(&mut model)?;
     Ok(model)
@@ -280,7 +301,7 @@ impl TractEngine {
             for &b in &sizes {
                 let rss_plan = crate::memory::trimmed_resident_bytes();
                 let ctx = || format!("building the batch-{b} plan of '{}'", spec.name);
-                let fast_kernels = Kernels::Fast(Isa::detect());
+                let fast_kernels = Kernels::best();
                 let fast_plan = |summary: &mut Option<fast::Summary>| -> Result<Plan> {
                     let model =
                         optimized_model(&proto, spec, b, fast_kernels, &packs).with_context(ctx)?;

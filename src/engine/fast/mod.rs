@@ -26,8 +26,11 @@ pub mod depthwise;
 pub mod matmul;
 pub mod packs;
 pub mod pointwise;
+pub mod qops;
+pub mod quant;
 pub mod resize;
 
+use crate::engine::simd::qgemm::QIsa;
 use crate::engine::simd::{Clamp, DwGeometry, Isa};
 use conv::{ConvGeometry, DenseConv};
 use depthwise::Depthwise;
@@ -51,6 +54,10 @@ pub struct Summary {
     pub dense: usize,
     pub fused_clamps: usize,
     pub fused_residuals: usize,
+    /// Integer 1x1 and depthwise convolutions (a QDQ model on integer
+    /// kernels).
+    pub qpointwise: usize,
+    pub qdepthwise: usize,
     /// Bytes of packed weights.
     pub packed_bytes: usize,
 }
@@ -161,13 +168,28 @@ fn fast_op(
 /// Step 1: swap every covered `Conv` of a typed (not yet decluttered)
 /// model for a channel-last fast op between two `MoveAxis`. Weights are
 /// packed into `packs`, or taken from it when an earlier plan packed them.
-pub fn swap_convs(model: &mut TypedModel, isa: Isa, packs: &Packs) -> TractResult<()> {
+/// With `qisa`, the convolutions of a QDQ model run on integer kernels
+/// (`quant`).
+pub fn swap_convs(
+    model: &mut TypedModel,
+    isa: Isa,
+    qisa: Option<QIsa>,
+    packs: &Packs,
+) -> TractResult<()> {
     // Biases arrive through small reshapes: fold them so they are constant.
     model.prop_consts()?;
+    if qisa.is_some() {
+        quant::unsign(model)?;
+    }
     Rewriter::<Packs>::default()
         .with_rule_for(
             "slim-conv",
             move |packs: &Packs, model: &TypedModel, node: &TypedNode, name: &str, op: &Conv| {
+                if let Some(qisa) = qisa {
+                    if let Some(patch) = quant::qconv(isa, qisa, packs, model, node, op)? {
+                        return Ok(Some(patch));
+                    }
+                }
                 rule_if_some!(fast = fast_op(isa, packs, model, node, op)?);
                 let mut patch = TypedModelPatch::default();
                 let x = patch.tap_model(model, node.inputs[0])?;
@@ -347,6 +369,12 @@ pub fn summarize(model: &TypedModel) -> Summary {
         } else if let Some(c) = node.op_as::<DenseConv>() {
             s.dense += 1;
             (c.clamp, c.w.bytes())
+        } else if let Some(q) = node.op_as::<qops::QPointwise>() {
+            s.qpointwise += 1;
+            (Clamp::NONE, q.w.bytes())
+        } else if let Some(q) = node.op_as::<qops::QDepthwise>() {
+            s.qdepthwise += 1;
+            (Clamp::NONE, q.w.bytes())
         } else {
             continue;
         };

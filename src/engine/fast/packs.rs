@@ -7,6 +7,7 @@
 //! the weights and biases (SHA-256), so two convolutions share a pack only
 //! when their packs would be identical.
 
+use crate::engine::simd::qgemm::{PackedQGemm, QIsa, QOut, QParams};
 use crate::engine::simd::{DwGeometry, Isa, PackedDepthwise, PackedGemm};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ enum Shape {
     /// `k x n` matrix product (pointwise and dense convolutions).
     Gemm(usize, usize),
     Depthwise(DwGeometry),
+    /// `k x n` integer product on this instruction set.
+    QGemm(QIsa, usize, usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,6 +43,7 @@ fn digest(w: &[f32], bias: &[f32]) -> [u8; 32] {
 pub struct Packs {
     gemm: Mutex<HashMap<Key, Arc<PackedGemm>>>,
     depthwise: Mutex<HashMap<Key, Arc<PackedDepthwise>>>,
+    qgemm: Mutex<HashMap<Key, Arc<PackedQGemm>>>,
     reused: Mutex<usize>,
 }
 
@@ -84,10 +88,53 @@ impl Packs {
         Ok(p)
     }
 
+    /// The packed s8 `k x n` matrix `q` (row-major) of an integer product,
+    /// with its epilogue (see [`PackedQGemm::new`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qgemm(
+        &self,
+        isa: QIsa,
+        q: &[i8],
+        k: usize,
+        n: usize,
+        sw: &[f32],
+        bias: &[f32],
+        input: QParams,
+        output: QOut,
+    ) -> Arc<PackedQGemm> {
+        let mut h = Sha256::new();
+        h.update((q.len() as u64).to_le_bytes());
+        h.update(q.iter().map(|v| *v as u8).collect::<Vec<u8>>());
+        for x in sw
+            .iter()
+            .chain(bias)
+            .chain([&input.scale, &output.inv_scale])
+        {
+            h.update(x.to_bits().to_le_bytes());
+        }
+        h.update(input.zero.to_le_bytes());
+        h.update(output.zero.to_le_bytes());
+        let key = Key {
+            // The float instruction set does not matter to an integer pack.
+            isa: Isa::Portable,
+            shape: Shape::QGemm(isa, k, n),
+            digest: h.finalize().into(),
+        };
+        let mut map = self.qgemm.lock().expect("packs lock");
+        if let Some(p) = map.get(&key) {
+            *self.reused.lock().expect("packs lock") += 1;
+            return p.clone();
+        }
+        let p = Arc::new(PackedQGemm::new(isa, q, k, n, sw, bias, input, output));
+        map.insert(key, p.clone());
+        p
+    }
+
     /// Distinct packs held.
     pub fn len(&self) -> usize {
         self.gemm.lock().expect("packs lock").len()
             + self.depthwise.lock().expect("packs lock").len()
+            + self.qgemm.lock().expect("packs lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,7 +162,14 @@ impl Packs {
             .values()
             .map(|p| p.bytes())
             .sum();
-        g + d
+        let q: usize = self
+            .qgemm
+            .lock()
+            .expect("packs lock")
+            .values()
+            .map(|p| p.bytes())
+            .sum();
+        g + d + q
     }
 }
 

@@ -1,7 +1,9 @@
 //! AVX2+FMA instantiations of the generic kernels (ymm, 8 lanes, masked
 //! loads and stores for partial vectors).
 
-use super::{depthwise as dw, gemm as mm, Clamp, PackedDepthwise, PackedGemm, Residual, Vector};
+use super::{
+    depthwise as dw, gemm as mm, Clamp, DwGeometry, PackedDepthwise, PackedGemm, Residual, Vector,
+};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -79,6 +81,12 @@ pub(crate) unsafe fn gemm(
 /// # Safety
 /// avx2 and fma are available; see [`super::depthwise`].
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn depthwise(w: &PackedDepthwise, input: &[f32], out: &mut [f32], clamp: Clamp) {
-    unsafe { dw::depthwise::<V256>(w, input, out, clamp) }
+pub(crate) unsafe fn depthwise(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
+    unsafe { dw::depthwise::<V256>(w, g, input, out, clamp) }
 }

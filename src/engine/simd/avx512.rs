@@ -1,7 +1,9 @@
 //! AVX-512F instantiations of the generic kernels (zmm, 16 lanes, masked
 //! loads and stores for partial vectors).
 
-use super::{depthwise as dw, gemm as mm, Clamp, PackedDepthwise, PackedGemm, Residual, Vector};
+use super::{
+    depthwise as dw, gemm as mm, Clamp, DwGeometry, PackedDepthwise, PackedGemm, Residual, Vector,
+};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -77,6 +79,12 @@ pub(crate) unsafe fn gemm(
 /// # Safety
 /// avx512f is available; see [`super::depthwise`].
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn depthwise(w: &PackedDepthwise, input: &[f32], out: &mut [f32], clamp: Clamp) {
-    unsafe { dw::depthwise::<V512>(w, input, out, clamp) }
+pub(crate) unsafe fn depthwise(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
+    unsafe { dw::depthwise::<V512>(w, g, input, out, clamp) }
 }

@@ -6,7 +6,7 @@
 //! kernel shapes, run one pixel at a time over their valid taps. Bias and the
 //! clamp are applied before the one store.
 
-use super::{Clamp, PackedDepthwise, Vector};
+use super::{Clamp, DwGeometry, PackedDepthwise, Vector};
 
 /// One output pixel over the taps `kx0..kx1` of the rows `ky0..ky1`, for the
 /// channel vector at `ch`.
@@ -18,6 +18,7 @@ use super::{Clamp, PackedDepthwise, Vector};
 #[allow(clippy::too_many_arguments)]
 unsafe fn pixel<V: Vector>(
     w: &PackedDepthwise,
+    g: &DwGeometry,
     input: *const f32,
     out: *mut f32,
     oy: usize,
@@ -27,7 +28,6 @@ unsafe fn pixel<V: Vector>(
     clamp: Clamp,
 ) {
     unsafe {
-        let g = &w.geo;
         let taps = w.taps.as_slice().as_ptr();
         let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
         let ix0 = (ox * g.stride) as isize - g.pad_left as isize;
@@ -70,6 +70,7 @@ unsafe fn pixel<V: Vector>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn interior<V: Vector, const KW: usize, const S: usize, const P: usize>(
     w: &PackedDepthwise,
+    g: &DwGeometry,
     input: *const f32,
     out: *mut f32,
     oy: usize,
@@ -81,7 +82,6 @@ unsafe fn interior<V: Vector, const KW: usize, const S: usize, const P: usize>(
     hi: V,
 ) {
     unsafe {
-        let g = &w.geo;
         let taps = w.taps.as_slice().as_ptr();
         let iy0 = oy * S + ky0 - g.pad_top;
         let ix0 = ox * S - g.pad_left;
@@ -105,8 +105,7 @@ unsafe fn interior<V: Vector, const KW: usize, const S: usize, const P: usize>(
 }
 
 /// The interior columns: those whose window is inside the image.
-fn interior_columns(w: &PackedDepthwise) -> (usize, usize) {
-    let g = &w.geo;
+fn interior_columns(g: &DwGeometry) -> (usize, usize) {
     let first = g.pad_left.div_ceil(g.stride).min(g.ow);
     // last ox with ox*s - pad + kw <= w
     let end = if g.w + g.pad_left >= g.kw {
@@ -118,19 +117,22 @@ fn interior_columns(w: &PackedDepthwise) -> (usize, usize) {
 }
 
 /// # Safety
-/// The instruction set of `V` is enabled in the caller; `input` and `out`
-/// hold the geometry's image and output (checked by [`super::depthwise`]).
+/// The instruction set of `V` is enabled in the caller; `g` is `w`'s
+/// geometry or a band of its rows (same columns, channels, kernel, stride,
+/// left padding), and `input` and `out` hold its image and output (checked
+/// by [`super::depthwise`] and [`super::depthwise_band`]).
 #[inline(always)]
 pub(super) unsafe fn depthwise<V: Vector>(
     w: &PackedDepthwise,
+    g: &DwGeometry,
     input: &[f32],
     out: &mut [f32],
     clamp: Clamp,
 ) {
     unsafe {
-        let g = w.geo;
+        let g = *g;
         let (ip, op) = (input.as_ptr(), out.as_mut_ptr());
-        let (x0, x1) = interior_columns(w);
+        let (x0, x1) = interior_columns(&g);
         let full = g.c / V::LANES * V::LANES;
         let tail = g.c - full;
         let (lo, hi) = (V::splat(clamp.lo), V::splat(clamp.hi));
@@ -142,16 +144,22 @@ pub(super) unsafe fn depthwise<V: Vector>(
                 while ch < full {
                     let (oy, ox, ky0, ky1) = ($oy, $ox, $ky0, $ky1);
                     match (g.kw, g.stride) {
-                        (3, 1) => interior::<V, 3, 1, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
-                        (3, 2) => interior::<V, 3, 2, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
-                        (5, 1) => interior::<V, 5, 1, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
-                        _ => interior::<V, 5, 2, $p>(w, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
+                        (3, 1) => {
+                            interior::<V, 3, 1, $p>(w, &g, ip, op, oy, ox, ky0, ky1, ch, lo, hi)
+                        }
+                        (3, 2) => {
+                            interior::<V, 3, 2, $p>(w, &g, ip, op, oy, ox, ky0, ky1, ch, lo, hi)
+                        }
+                        (5, 1) => {
+                            interior::<V, 5, 1, $p>(w, &g, ip, op, oy, ox, ky0, ky1, ch, lo, hi)
+                        }
+                        _ => interior::<V, 5, 2, $p>(w, &g, ip, op, oy, ox, ky0, ky1, ch, lo, hi),
                     }
                     ch += V::LANES;
                 }
                 if tail > 0 {
                     for j in 0..$p {
-                        pixel::<V>(w, ip, op, $oy, $ox + j, full, tail, clamp);
+                        pixel::<V>(w, &g, ip, op, $oy, $ox + j, full, tail, clamp);
                     }
                 }
             }};
@@ -174,11 +182,11 @@ pub(super) unsafe fn depthwise<V: Vector>(
                 } else {
                     let mut ch = 0;
                     while ch < full {
-                        pixel::<V>(w, ip, op, oy, ox, ch, 0, clamp);
+                        pixel::<V>(w, &g, ip, op, oy, ox, ch, 0, clamp);
                         ch += V::LANES;
                     }
                     if tail > 0 {
-                        pixel::<V>(w, ip, op, oy, ox, full, tail, clamp);
+                        pixel::<V>(w, &g, ip, op, oy, ox, full, tail, clamp);
                     }
                     ox += 1;
                 }

@@ -13,8 +13,11 @@ mod avx512;
 mod depthwise;
 mod gemm;
 pub mod portable;
+pub mod qgemm;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::OnceLock;
 
@@ -213,38 +216,45 @@ fn dequantize_panel(q: &[i8], scales: &AlignedVec, p: &Panel, width: usize, out:
 /// Per-column scales under which every weight of the `k x n` row-major `w`
 /// is exactly `q * scale` for an integer `q` in `-127..=127` (checked
 /// value by value, so the f32 product reproduces it bit for bit), or
-/// `None`. Symmetric int8 quantizers choose `scale = max|w| / 127`; the
-/// floats two steps either side are tried too, since `max|w|` is itself
-/// the rounded `127 * scale`.
+/// `None`.
 fn int8_scales(w: &[f32], k: usize, n: usize) -> Option<Vec<f32>> {
-    let mut scales = Vec::with_capacity(n);
-    for j in 0..n {
-        let column = || (0..k).map(|kk| w[kk * n + j]);
-        let mut max = 0f32;
-        for v in column() {
-            if !v.is_finite() {
-                return None;
-            }
-            max = max.max(v.abs());
+    (0..n)
+        .map(|j| int8_scale(&(0..k).map(|kk| w[kk * n + j]).collect::<Vec<_>>()))
+        .collect()
+}
+
+/// A scale under which every value is exactly `q * scale` with `q` an
+/// integer in `-127..=127`, or `None`. Symmetric int8 quantizers give
+/// `max |v| = m * scale` for some `m <= 127` (127 unless the scale was
+/// held up by a floor): each `m` is tried from 127 down, with the floats
+/// two steps either side of `max / m`, since `max` is itself the rounded
+/// `m * scale`. An all-zero group gives 1.
+pub(crate) fn int8_scale(values: &[f32]) -> Option<f32> {
+    let mut max = 0f32;
+    for v in values {
+        if !v.is_finite() {
+            return None;
         }
-        if max == 0.0 {
-            scales.push(1.0);
-            continue;
-        }
-        let s0 = max / 127.0;
-        let exact = |s: f32| {
-            s > 0.0
-                && s.is_finite()
-                && column().all(|v| {
-                    let q = (v / s).round();
-                    q.abs() <= 127.0 && q * s == v
-                })
-        };
-        let (up, down) = (s0.next_up(), s0.next_down());
-        let candidates = [s0, up, down, up.next_up(), down.next_down()];
-        scales.push(candidates.into_iter().find(|&s| exact(s))?);
+        max = max.max(v.abs());
     }
-    Some(scales)
+    if max == 0.0 {
+        return Some(1.0);
+    }
+    let exact = |s: f32| {
+        s > 0.0
+            && s.is_finite()
+            && values.iter().all(|&v| {
+                let q = (v / s).round();
+                q.abs() <= 127.0 && q * s == v
+            })
+    };
+    (1..=127u8).rev().find_map(|m| {
+        let s0 = max / m as f32;
+        let (up, down) = (s0.next_up(), s0.next_down());
+        [s0, up, down, up.next_up(), down.next_down()]
+            .into_iter()
+            .find(|&s| exact(s))
+    })
 }
 
 impl std::fmt::Debug for PackedGemm {
@@ -488,6 +498,30 @@ pub struct DwGeometry {
 }
 
 impl DwGeometry {
+    /// The geometry of the output rows `rows` alone, over the input rows
+    /// they read (returned): a band of a few rows keeps its input and output
+    /// in cache. Its top padding is what remains of the image's.
+    pub fn band(&self, rows: std::ops::Range<usize>) -> (DwGeometry, std::ops::Range<usize>) {
+        let (s, pt) = (self.stride, self.pad_top);
+        let (oy0, oy1) = (
+            rows.start.min(self.oh),
+            rows.end.min(self.oh).max(rows.start.min(self.oh)),
+        );
+        let first = (oy0 * s).saturating_sub(pt).min(self.h);
+        let last = if oy1 > oy0 {
+            ((oy1 - 1) * s + self.kh).saturating_sub(pt).min(self.h)
+        } else {
+            first
+        };
+        let band = DwGeometry {
+            h: last - first,
+            pad_top: (first + pt).saturating_sub(oy0 * s),
+            oh: oy1 - oy0,
+            ..*self
+        };
+        (band, first..last)
+    }
+
     /// Checks the geometry is self-consistent: every output pixel's window
     /// starts inside the padded input.
     pub fn validate(&self) -> Result<(), String> {
@@ -579,22 +613,65 @@ impl PackedDepthwise {
 
 /// One image: `out[(oy * ow + ox) * c + ch] = clamp(bias + sum of taps)`.
 pub fn depthwise(w: &PackedDepthwise, input: &[f32], out: &mut [f32], clamp: Clamp) {
-    let g = &w.geo;
+    let g = w.geo;
     assert_eq!(input.len(), g.h * g.w * g.c, "input is not {g:?}");
     assert_eq!(out.len(), g.oh * g.ow * g.c, "output is not {g:?}");
+    run_depthwise(w, &g, input, out, clamp);
+}
+
+/// The output rows `rows` of one image (`out`: those rows) from the input
+/// rows they read (`input`: rows `DwGeometry::band(rows).1` of the image).
+pub fn depthwise_band(
+    w: &PackedDepthwise,
+    rows: std::ops::Range<usize>,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
+    let (g, iy) = w.geo.band(rows);
+    assert_eq!(
+        input.len(),
+        iy.len() * g.w * g.c,
+        "input is not the band's rows"
+    );
+    assert_eq!(
+        out.len(),
+        g.oh * g.ow * g.c,
+        "output is not the band's rows"
+    );
+    run_depthwise(w, &g, input, out, clamp);
+}
+
+/// Dispatch on the instruction set; `input` and `out` were checked to hold
+/// `g`'s image and output, and `g` is `w`'s geometry or a band of it.
+fn run_depthwise(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
+    assert!(g.validate().is_ok(), "inconsistent geometry {g:?}");
+    let wg = &w.geo;
+    assert!(
+        (g.w, g.c, g.kh, g.kw, g.stride, g.pad_left, g.ow)
+            == (wg.w, wg.c, wg.kh, wg.kw, wg.stride, wg.pad_left, wg.ow),
+        "{g:?} is not a band of {wg:?}"
+    );
     assert!(
         w.isa.is_supported(),
         "{} is not supported here",
         w.isa.name()
     );
     match w.isa {
-        // SAFETY: supported instruction set; input and output sizes match the
-        // validated geometry (checked above and in `PackedDepthwise::new`).
+        // SAFETY: supported instruction set; the geometry is consistent and
+        // matches the packed taps' channels and kernel; input and output
+        // sizes match it (checked by the callers).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::depthwise(w, input, out, clamp) },
+        Isa::Avx2 => unsafe { avx2::depthwise(w, g, input, out, clamp) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::depthwise(w, input, out, clamp) },
-        _ => portable::depthwise(w, input, out, clamp),
+        Isa::Avx512 => unsafe { avx512::depthwise(w, g, input, out, clamp) },
+        _ => portable::depthwise(w, g, input, out, clamp),
     }
 }
 

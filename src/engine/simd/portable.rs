@@ -3,7 +3,7 @@
 //! read the same packed data (a portable `PackedGemm` is one panel as wide
 //! as the padded matrix).
 
-use super::{Clamp, PackedDepthwise, PackedGemm, Residual};
+use super::{Clamp, DwGeometry, PackedDepthwise, PackedGemm, Residual};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
@@ -41,8 +41,13 @@ pub(super) fn gemm(
     }
 }
 
-pub(super) fn depthwise(w: &PackedDepthwise, input: &[f32], out: &mut [f32], clamp: Clamp) {
-    let g = &w.geo;
+pub(super) fn depthwise(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: &[f32],
+    out: &mut [f32],
+    clamp: Clamp,
+) {
     let taps = w.taps.as_slice();
     let bias = w.bias.as_slice();
     let mut acc = vec![0f32; g.c];

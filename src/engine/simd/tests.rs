@@ -258,3 +258,175 @@ fn int8_exact_weights_are_held_as_int8_with_the_f32_packs_results() {
         assert!(!PackedGemm::new(isa, &halves, 8, 8, &bias).is_int8());
     }
 }
+
+/// Output rows computed band by band, from only the input rows each band
+/// reads, are the whole image's bit for bit.
+#[test]
+fn depthwise_bands_stitch_into_the_whole_image() {
+    let mut r = Rng(0x5eed_0004);
+    for case in 0..200 {
+        let kh = [1, 3, 5][r.below(3)];
+        let stride = 1 + r.below(2);
+        let (h, w, c) = (1 + r.below(24), 1 + r.below(12), 1 + r.below(40));
+        let (pad_top, pad_left) = (r.below(kh), r.below(kh));
+        let pad_bottom = r.below(kh);
+        if h + pad_top + pad_bottom < kh || w + pad_left + pad_left < kh {
+            continue;
+        }
+        let geo = DwGeometry {
+            h,
+            w,
+            c,
+            kh,
+            kw: kh,
+            stride,
+            pad_top,
+            pad_left,
+            oh: (h + pad_top + pad_bottom - kh) / stride + 1,
+            ow: (w + 2 * pad_left - kh) / stride + 1,
+        };
+        let input = r.vec(h * w * c);
+        let (taps, bias) = (r.vec(c * kh * kh), r.vec(c));
+        let clamp = clamps(&mut r);
+        let rows = 1 + r.below(5);
+        for isa in Isa::available() {
+            let packed = PackedDepthwise::new(isa, geo, &taps, &bias).unwrap();
+            let mut whole = vec![f32::NAN; geo.oh * geo.ow * c];
+            depthwise(&packed, &input, &mut whole, clamp);
+            let row = geo.ow * c;
+            let mut oy = 0;
+            while oy < geo.oh {
+                let end = (oy + rows).min(geo.oh);
+                let (band, iy) = geo.band(oy..end);
+                assert!(band.validate().is_ok(), "case {case}: {band:?}");
+                let mut out = vec![f32::NAN; (end - oy) * row];
+                let src = &input[iy.start * w * c..iy.end * w * c];
+                depthwise_band(&packed, oy..end, src, &mut out, clamp);
+                for (i, (g, e)) in out.iter().zip(&whole[oy * row..end * row]).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        e.to_bits(),
+                        "{isa:?} case {case} {geo:?} rows {oy}..{end} [{i}]"
+                    );
+                }
+                oy = end;
+            }
+        }
+    }
+}
+
+fn i8s(r: &mut Rng, n: usize) -> Vec<i8> {
+    (0..n).map(|_| (r.below(255) as i32 - 127) as i8).collect()
+}
+
+fn u8s(r: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n).map(|_| r.below(256) as u8).collect()
+}
+
+/// The integer product: every instruction set gives the portable twin's
+/// bytes, and the portable twin is within one step of the naive f64
+/// convolution of the dequantized tensors, quantized.
+#[test]
+fn qgemm_matches_the_dequantized_product_on_every_isa() {
+    use qgemm::{qgemm, PackedQGemm, QIsa, QOut, QParams};
+    let mut r = Rng(0x5eed_0005);
+    let ns = [1, 5, 15, 16, 17, 24, 40, 48, 49, 96, 100, 200];
+    for case in 0..300 {
+        let m = 1 + r.below(50);
+        let k = 1 + r.below(if case % 10 == 0 { 1200 } else { 120 });
+        let n = ns[r.below(ns.len())];
+        let (lda, ldc) = (k + r.below(5), n + r.below(3));
+        let a = u8s(&mut r, (m - 1) * lda + k);
+        let q = i8s(&mut r, k * n);
+        let sw: Vec<f32> = (0..n).map(|_| 1e-3 + r.f32().abs() * 0.01).collect();
+        let bias: Vec<f32> = r.vec(n);
+        let input = QParams {
+            scale: 0.01 + r.f32().abs() * 0.05,
+            zero: r.below(256) as i32,
+        };
+        let output = QParams {
+            scale: 0.05 + r.f32().abs() * 0.5,
+            zero: r.below(256) as i32,
+        };
+        let mut want = None;
+        for isa in QIsa::available() {
+            let out = QOut {
+                inv_scale: 1.0 / output.scale,
+                zero: output.zero,
+            };
+            let packed = PackedQGemm::new(isa, &q, k, n, &sw, &bias, input, out);
+            let mut c = vec![0xA5u8; (m - 1) * ldc + n];
+            qgemm(&packed, m, &a, lda, &mut c, ldc);
+            // Bytes between rows are left alone.
+            for i in 0..m - 1 {
+                assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|b| *b == 0xA5));
+            }
+            match &want {
+                None => {
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = 0f64;
+                            for kk in 0..k {
+                                let x = (a[i * lda + kk] as i32 - input.zero) as f64
+                                    * input.scale as f64;
+                                s += x * q[kk * n + j] as f64 * sw[j] as f64;
+                            }
+                            let y = (s + bias[j] as f64) / output.scale as f64 + output.zero as f64;
+                            let e = y.round().clamp(0.0, 255.0);
+                            let g = c[i * ldc + j] as f64;
+                            assert!(
+                                (g - e).abs() <= 1.0,
+                                "case {case}: m {m} k {k} n {n} ({i},{j}): {g} vs {e}"
+                            );
+                        }
+                    }
+                    want = Some(c);
+                }
+                Some(w) => assert_eq!(&c, w, "{isa:?} case {case}: m {m} k {k} n {n}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_and_dequantize_agree_on_every_isa() {
+    use qgemm::{dequantize, quantize, QIsa, QParams};
+    let mut r = Rng(0x5eed_0006);
+    for case in 0..200 {
+        let n = r.below(100);
+        let q = QParams {
+            scale: 0.001 + r.f32().abs(),
+            zero: r.below(256) as i32,
+        };
+        let bytes = u8s(&mut r, n);
+        let mut floats: Vec<f32> = (0..n).map(|_| r.f32() * 300.0 * q.scale).collect();
+        if n > 3 {
+            // Ties, huge values.
+            floats[0] = 2.5 * q.scale;
+            floats[1] = 1e30;
+            floats[2] = -1e30;
+        }
+        let inv = 1.0 / q.scale;
+        let mut want_f = vec![0f32; n];
+        let mut want_q = vec![0u8; n];
+        dequantize(QIsa::Portable, &bytes, q, &mut want_f);
+        quantize(QIsa::Portable, &floats, inv, q.zero, &mut want_q);
+        for (i, (&b, &f)) in bytes.iter().zip(&want_f).enumerate() {
+            assert_eq!(f, (b as i32 - q.zero) as f32 * q.scale, "case {case} [{i}]");
+        }
+        for (i, (&x, &g)) in floats.iter().zip(&want_q).enumerate() {
+            let e = ((x * inv).round_ties_even() as i64)
+                .saturating_add(q.zero as i64)
+                .clamp(0, 255);
+            assert_eq!(g as i64, e, "case {case} [{i}]: {x}");
+        }
+        for isa in QIsa::available() {
+            let mut f = vec![f32::NAN; n];
+            let mut b = vec![0u8; n];
+            dequantize(isa, &bytes, q, &mut f);
+            quantize(isa, &floats, inv, q.zero, &mut b);
+            assert_eq!(f, want_f, "{isa:?} case {case}");
+            assert_eq!(b, want_q, "{isa:?} case {case}");
+        }
+    }
+}
