@@ -77,6 +77,33 @@ pub fn candidates(top1: &[Option<f64>], off_front: &[bool], req: &RouteRequest) 
     c
 }
 
+/// How much faster (fraction of its latency) another variant must run to
+/// push one off the front: measured latencies within this of each other
+/// count as a tie.
+pub const DOMINANCE_MARGIN: f64 = 0.1;
+
+/// For each variant, the variant that beats it on this machine, if any: at
+/// least as accurate (manifest top-1) and faster by more than
+/// `DOMINANCE_MARGIN` (`latency`: measured at warm-up, batch 1, any unit);
+/// of several, the fastest. Such a variant is off the front here and is
+/// not chosen for speed (`candidates`): on a CPU with integer dot products
+/// the int8 model beats full at full's accuracy, on one without it is the
+/// slower of the two, so the front is measured, not written down.
+pub fn dominated(top1: &[Option<f64>], latency: &[f64]) -> Vec<Option<usize>> {
+    (0..top1.len())
+        .map(|v| {
+            let acc = top1[v]?;
+            (0..top1.len())
+                .filter(|&u| {
+                    u != v
+                        && top1[u].is_some_and(|a| a >= acc)
+                        && latency[u] < latency[v] * (1.0 - DOMINANCE_MARGIN)
+                })
+                .min_by(|&a, &b| latency[a].total_cmp(&latency[b]))
+        })
+        .collect()
+}
+
 /// The candidates (most accurate first) that graded downgrading allows
 /// after a predicted wait of `wait`: the `i`-th of `n` while `wait ≤ (i + 1)
 /// / n × headroom`, the last (fastest) always. A zero `headroom` allows all.
@@ -213,6 +240,31 @@ mod tests {
         assert!(
             candidates(&[None], &[], &strict).is_empty(),
             "a minimum cannot be checked"
+        );
+    }
+
+    #[test]
+    fn a_variant_is_dominated_by_a_faster_one_at_least_as_accurate() {
+        // full, int8 (as accurate, twice as fast), pruned, a rung, unknown
+        let top1 = [Some(0.89), Some(0.89), Some(0.865), Some(0.80), None];
+        let fast_int8 = [10.0, 5.0, 7.5, 6.0, 1.0];
+        assert_eq!(
+            dominated(&top1, &fast_int8),
+            vec![Some(1), None, Some(1), Some(1), None]
+        );
+        // Without integer dot products int8 is the slower one.
+        let slow_int8 = [10.0, 18.0, 7.5, 5.5, 1.0];
+        assert_eq!(
+            dominated(&top1, &slow_int8),
+            vec![None, Some(0), None, None, None]
+        );
+        // Within the margin it is a tie: neither is pushed off.
+        let near = [10.0, 9.5, 7.5, 5.5, 1.0];
+        assert_eq!(dominated(&top1, &near), vec![None, None, None, None, None]);
+        // A less accurate variant never dominates, however fast.
+        assert_eq!(
+            dominated(&[Some(0.9), Some(0.5)], &[10.0, 1.0]),
+            vec![None, None]
         );
     }
 

@@ -174,13 +174,37 @@ pub fn assemble_service(
             "accuracy unknown (no top1 in the manifest): routed to only when pinned or the only one eligible"
         );
     }
-    let variants = specs
+    // The front on this machine: a variant another beats on measured
+    // latency and manifest accuracy is not chosen for speed.
+    let latency: Vec<f64> = (0..specs.len())
+        .map(|i| profile.predict(i, 1).as_secs_f64() * 1e3)
+        .collect();
+    let top1: Vec<Option<f64>> = specs.iter().map(|s| s.top1).collect();
+    let dominated = crate::routing::dominated(&top1, &latency);
+    for (i, d) in dominated.iter().enumerate() {
+        if let Some(u) = d {
+            tracing::info!(
+                variant = specs[i].name,
+                by = specs[*u].name,
+                ms = latency[i],
+                by_ms = latency[*u],
+                "off the front here: another variant is at least as accurate and faster; not chosen for speed"
+            );
+        }
+    }
+    let variants: Vec<VariantMeta> = specs
         .iter()
-        .map(|s| VariantMeta {
+        .zip(&dominated)
+        .map(|(s, d)| VariantMeta {
             name: s.name.clone(),
             top1: s.top1,
-            off_front: s.off_front.is_some(),
+            off_front: s.off_front.is_some() || d.is_some(),
         })
+        .collect();
+    let off_front: Vec<bool> = variants.iter().map(|v| v.off_front).collect();
+    let dominated_by: Vec<Option<String>> = dominated
+        .iter()
+        .map(|d| d.map(|u| specs[u].name.clone()))
         .collect();
     let policy = Policy {
         queue_capacity: args.queue_capacity.max(1),
@@ -214,9 +238,9 @@ pub fn assemble_service(
         max_batch_wait: Duration::from_millis(args.max_batch_wait_ms),
         workers,
     };
-    Ok(Arc::new(Service::new(
-        specs, labels, batcher, metrics, config,
-    )))
+    let mut service = Service::new(specs, labels, batcher, metrics, config);
+    service.set_front(off_front, dominated_by);
+    Ok(Arc::new(service))
 }
 
 /// Serve HTTP on `listener` and gRPC on `grpc` until `shutdown` resolves,

@@ -53,6 +53,11 @@ pub struct Service {
     /// Answers and refusals over the last minute (the live panel).
     pub recent: Mutex<Recent>,
     slots: Semaphore,
+    /// Per variant: not chosen for speed (manifest `off_front`, or beaten
+    /// on this machine), as the batcher routes.
+    off_front: Vec<bool>,
+    /// Per variant: the variant that beats it here (`routing::dominated`).
+    pub dominated_by: Vec<Option<String>>,
 }
 
 /// Options common to every transport.
@@ -122,6 +127,8 @@ impl Service {
             })
             .collect();
         let recent = Mutex::new(Recent::new(specs.len(), Instant::now()));
+        let off_front = specs.iter().map(|s| s.off_front.is_some()).collect();
+        let dominated_by = vec![None; specs.len()];
         Service {
             specs,
             labels: Arc::new(labels),
@@ -132,7 +139,18 @@ impl Service {
             config,
             recent,
             slots,
+            off_front,
+            dominated_by,
         }
+    }
+
+    /// The front measured at warm-up: which variants are not chosen for
+    /// speed, and which variant beats each (see `routing::dominated`).
+    pub fn set_front(&mut self, off_front: Vec<bool>, dominated_by: Vec<Option<String>>) {
+        assert_eq!(off_front.len(), self.specs.len());
+        assert_eq!(dominated_by.len(), self.specs.len());
+        self.off_front = off_front;
+        self.dominated_by = dominated_by;
     }
 
     /// Top-1 accuracy of each variant (`None`: unknown), in manifest order.
@@ -143,8 +161,7 @@ impl Service {
     /// The distinct preprocessings a request may need: for each variant it
     /// may be routed to, the index (in the returned list) of its tensor.
     fn preps_for(&self, route: &RouteRequest) -> (Vec<Preprocess>, Vec<Option<usize>>) {
-        let off: Vec<bool> = self.specs.iter().map(|s| s.off_front.is_some()).collect();
-        let mut cands = routing::candidates(&self.top1(), &off, route);
+        let mut cands = routing::candidates(&self.top1(), &self.off_front, route);
         if cands.is_empty() {
             // Routing will refuse it; preprocess as for every variant.
             cands = (0..self.specs.len()).collect();

@@ -41,7 +41,8 @@ pub struct VariantMeta {
     pub name: String,
     /// `None`: unknown accuracy (see `routing::candidates`).
     pub top1: Option<f64>,
-    /// Off the accuracy/latency front: not chosen for speed.
+    /// Off the accuracy/latency front (by the manifest, or beaten on this
+    /// machine: `routing::dominated`): not chosen for speed.
     pub off_front: bool,
 }
 

@@ -56,6 +56,10 @@ pub struct VariantInfo {
     /// accurate; `null`: on the accuracy/latency front. The router does not
     /// pick such a variant for speed.
     pub off_front: Option<String>,
+    /// The variant that beats it on this machine (at least as accurate by
+    /// the manifest, faster by more than 10 % at warm-up); `null`: none.
+    /// Such a variant is not chosen for speed either.
+    pub dominated_by: Option<String>,
     /// How an image becomes this variant's input.
     pub preprocess: Preprocess,
     /// Growth of resident memory while it loaded, less the plans dropped
@@ -138,6 +142,7 @@ pub async fn variants(State(st): State<AppState>) -> Result<impl IntoResponse, S
             input_shape: s.input_shape.clone(),
             resize: s.resize,
             off_front: s.off_front.clone(),
+            dominated_by: svc.dominated_by[i].clone(),
             preprocess: s.preprocess.clone(),
             resident_bytes: st
                 .metrics

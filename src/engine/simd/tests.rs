@@ -247,15 +247,19 @@ fn int8_exact_weights_are_held_as_int8_with_the_f32_packs_results() {
             }
         }
     }
-    // Not int8: a weight off the grid, or a column whose steps are not a
-    // 127th of its largest weight.
+    // Not int8: a weight off the grid, or a column whose steps are too fine
+    // for 127 of them to reach its largest weight. A coarse grid (halves)
+    // is int8.
     let mut w: Vec<f32> = (0..64).map(|i| (i % 8) as f32 * 0.25 - 1.0).collect();
     let bias = vec![0.0; 8];
     w[5] = 0.012345;
     for isa in Isa::available() {
         assert!(!PackedGemm::new(isa, &w, 8, 8, &bias).is_int8());
         let halves: Vec<f32> = (0..64).map(|i| (i % 5) as f32 * 0.5).collect();
-        assert!(!PackedGemm::new(isa, &halves, 8, 8, &bias).is_int8());
+        assert!(PackedGemm::new(isa, &halves, 8, 8, &bias).is_int8());
+        let mut fine = halves.clone();
+        fine[3] = 1.0 / 300.0;
+        assert!(!PackedGemm::new(isa, &fine, 8, 8, &bias).is_int8());
     }
 }
 
