@@ -212,6 +212,12 @@ pub struct ServeArgs {
     /// Inference worker threads, each running one batch at a time (default: one per core).
     #[arg(long, env = "SLIMSERVE_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads one inference may use while the other workers are idle: its
+    /// large ops split their rows over the idle cores, so a request at low
+    /// load runs faster; under load each worker keeps its own core (default:
+    /// one per core; 1: never split).
+    #[arg(long, env = "SLIMSERVE_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
     /// Requests queued at most (over all variants) before answering 503.
     #[arg(long, env = "SLIMSERVE_QUEUE_CAPACITY", default_value_t = 128)]
     pub queue_capacity: usize,
@@ -348,6 +354,11 @@ pub struct BenchArgs {
     /// Worker counts to measure throughput with, comma separated (default: 1 and one per core).
     #[arg(long, env = "SLIMSERVE_BENCH_WORKERS", value_delimiter = ',')]
     pub workers: Vec<usize>,
+    /// Threads one inference may use while the other workers are idle
+    /// (as `serve --intra-op-threads`; default 1: every figure is one
+    /// thread per inference).
+    #[arg(long, env = "SLIMSERVE_BENCH_INTRA_OP_THREADS", default_value_t = 1)]
+    pub intra_op_threads: usize,
     /// Seconds of measurement per (variant, batch size, workers) cell.
     #[arg(long, env = "SLIMSERVE_BENCH_SECONDS", default_value_t = 3.0)]
     pub seconds: f64,

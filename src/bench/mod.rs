@@ -105,6 +105,7 @@ fn print_profile(variant: &str, kernels: &str, times: &[NodeTime]) {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    crate::engine::fast::par::set_threads(args.intra_op_threads);
     let manifest = args.model.manifest()?;
     let mut workers = args.workers.clone();
     if workers.is_empty() {

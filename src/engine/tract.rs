@@ -441,7 +441,10 @@ impl Engine for TractEngine {
             .find(|(b, _)| *b == batch)
             .map(|(_, p)| p.clone())
             .with_context(|| format!("no plan for batch size {batch}"))?;
-        run_plan(&plan, variant.dims, batch, input)
+        // Counted while it runs: the fast ops split over the cores the
+        // other inferences leave idle (`fast::par`).
+        let _running = fast::par::Running::start();
+        fast::par::install(|| run_plan(&plan, variant.dims, batch, input))
     }
 }
 

@@ -4,6 +4,7 @@
 //! weights packed once at load, bias and clamp fused. Used for the stem
 //! (3x3, stride 2, 3 -> 32 channels).
 
+use super::par;
 use crate::engine::simd::{self, Clamp, PackedGemm};
 use std::sync::Arc;
 use tract_core::internal::*;
@@ -143,17 +144,22 @@ impl EvalOp for DenseConv {
         let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
-        let mut buf = vec![0f32; g.ow * k];
         let row = g.ow * cout;
+        let parts = par::parts(g.oh * g.ow * k * cout);
         for (image, o) in input
             .chunks_exact(g.h * g.w * g.cin)
             .zip(out.chunks_exact_mut(g.oh * row))
         {
-            for oy in 0..g.oh {
-                g.gather(image, oy, &mut buf);
-                let c = &mut o[oy * row..(oy + 1) * row];
-                simd::gemm(&self.w, g.ow, &buf, k, c, cout, self.clamp, None);
-            }
+            // Output rows split over the idle cores (`par`).
+            let rows = par::ranges(g.oh, parts, 1);
+            let outs = par::split_rows(o, row, &rows);
+            par::run(rows.into_iter().zip(outs).collect(), |(r, o)| {
+                let mut buf = vec![0f32; g.ow * k];
+                for (oy, c) in r.zip(o.chunks_exact_mut(row)) {
+                    g.gather(image, oy, &mut buf);
+                    simd::gemm(&self.w, g.ow, &buf, k, c, cout, self.clamp, None);
+                }
+            });
         }
         Ok(tvec!(y.into_tvalue()))
     }

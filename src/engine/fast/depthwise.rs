@@ -1,6 +1,7 @@
 //! Depthwise convolution over channel-last images (`N x H x W x C`), with
 //! the taps packed once at load and bias and clamp fused.
 
+use super::par;
 use crate::engine::simd::{self, Clamp, PackedDepthwise};
 use std::sync::Arc;
 use tract_core::internal::*;
@@ -68,8 +69,22 @@ impl EvalOp for Depthwise {
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
         let (isz, osz) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+        let (irow, orow) = (g.w * g.c, g.ow * g.c);
+        let parts = par::parts(osz * g.kh * g.kw);
         for (i, o) in input.chunks_exact(isz).zip(out.chunks_exact_mut(osz)) {
-            simd::depthwise(&self.w, i, o, self.clamp);
+            if parts == 1 {
+                simd::depthwise(&self.w, i, o, self.clamp);
+                continue;
+            }
+            // Output rows split over the idle cores (`par`): each part
+            // reads only its input rows, with the same arithmetic.
+            let rows = par::ranges(g.oh, parts, 1);
+            let outs = par::split_rows(o, orow, &rows);
+            par::run(rows.into_iter().zip(outs).collect(), |(r, o)| {
+                let (_, iy) = g.band(r.clone());
+                let src = &i[iy.start * irow..iy.end * irow];
+                simd::depthwise_band(&self.w, r, src, o, self.clamp);
+            });
         }
         Ok(tvec!(y.into_tvalue()))
     }

@@ -25,6 +25,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod matmul;
 pub mod packs;
+pub mod par;
 pub mod pointwise;
 pub mod qops;
 pub mod quant;

@@ -2,6 +2,7 @@
 //! the weights packed once at load, bias, clamp (ReLU6) and the residual add
 //! fused into the kernel's epilogue.
 
+use super::par;
 use crate::engine::simd::{self, Clamp, PackedGemm, Residual};
 use std::sync::Arc;
 use tract_core::internal::*;
@@ -75,16 +76,25 @@ impl EvalOp for Pointwise {
             None
         };
         let mut c = y.try_as_plain_ram_mut()?;
-        simd::gemm(
-            &self.w,
-            m,
-            a,
-            k,
-            c.as_slice_mut::<f32>()?,
-            n,
-            self.clamp,
-            res.map(|data| Residual { data, stride: n }),
-        );
+        // Rows split over the idle cores (`par`); each row's arithmetic is
+        // the same whichever part runs it.
+        let rows = par::ranges(m, par::parts(m * k * n), 24);
+        let outs = par::split_rows(c.as_slice_mut::<f32>()?, n, &rows);
+        par::run(rows.into_iter().zip(outs).collect(), |(r, c)| {
+            simd::gemm(
+                &self.w,
+                r.len(),
+                &a[r.start * k..],
+                k,
+                c,
+                n,
+                self.clamp,
+                res.map(|data| Residual {
+                    data: &data[r.start * n..],
+                    stride: n,
+                }),
+            )
+        });
         Ok(tvec!(y.into_tvalue()))
     }
 }
