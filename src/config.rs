@@ -362,10 +362,13 @@ pub struct BenchArgs {
     /// Seconds of measurement per (variant, batch size, workers) cell.
     #[arg(long, env = "SLIMSERVE_BENCH_SECONDS", default_value_t = 3.0)]
     pub seconds: f64,
-    /// Also time every op of the batch-1 plan, stock and fast kernels
+    /// Also time every op of one plan (`--profile-batch`), stock and fast kernels
     /// (median of this many runs; 0: no profile).
     #[arg(long, env = "SLIMSERVE_BENCH_PROFILE_RUNS", default_value_t = 0)]
     pub profile_runs: usize,
+    /// Batch size of the profiled plan.
+    #[arg(long, env = "SLIMSERVE_BENCH_PROFILE_BATCH", default_value_t = 1)]
+    pub profile_batch: usize,
     /// Where to write the JSON results.
     #[arg(long, env = "SLIMSERVE_BENCH_JSON", default_value = "bench.json")]
     pub json: PathBuf,

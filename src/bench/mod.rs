@@ -183,7 +183,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.profile_runs > 0 {
             let proto = variant_proto(&manifest.model_path(spec), spec)?;
             for kernels in [Kernels::Stock, Kernels::best()] {
-                let times = profile(&proto, spec, 1, kernels, args.profile_runs)?;
+                let times = profile(&proto, spec, args.profile_batch, kernels, args.profile_runs)?;
                 print_profile(&name, &kernels.name(), &times);
                 vb.profiles.push((kernels.name(), times));
             }
