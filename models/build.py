@@ -41,7 +41,7 @@ INT8_CALIBRATION = "Entropy"
 # padding of every strided conv what the weights were trained with
 RUNG_SIDES = (192, 160, 128, 96)
 # sides of the int8 file's rungs (int8-N)
-INT8_RUNG_SIDES = (192, 160, 128)
+INT8_RUNG_SIDES = (192, 160, 128, 96)
 
 VARIANTS = [
     dict(name="full", file=FULL, description="fp32 EfficientNet-Lite0, as trained (BatchNorm folded)"),
@@ -60,8 +60,8 @@ VARIANTS = [
 ] + [
     # the int8 QDQ file behind the same Resize: on CPUs with integer dot products (AVX-512 VNNI)
     # the server runs it on integer kernels at about half of full's time; sides chosen on calib/
-    # (tract, `slimserve eval`: int8-192 79.5 %, int8-160 77.5 %, int8-128 59.5 % vs full's file
-    # 81.0 / 77.5 / 59.5 at the same sides; README.md "Ladder")
+    # (tract, `slimserve eval`: int8-192 79.5 %, int8-160 77.5 %, int8-128 59.5 %, int8-96 42.0 % vs
+    # full's file 81.0 / 77.5 / 59.5 / 44.0 at the same sides; README.md "Ladder")
     dict(name=f"int8-{side}", file=INT8, qdq=True, resize=side,
          description=f"the int8 QDQ file run at {side}x{side} (the server's in-graph Resize), no recalibration")
     for side in INT8_RUNG_SIDES

@@ -4,7 +4,9 @@
 
 Latency: the batch-1, one-worker medians of `slimserve bench --batch-sizes 1 --workers 1`
 (its JSON); accuracy: top1 in variants.toml (dev/). A rung is on the front when no other rung is
-both faster and at least as accurate; off-front rungs are drawn hollow, with their reason.
+both faster and more accurate (issue 15's definition); a rung that another equals in accuracy
+at less latency is on it but marked "tie" (the router takes the faster of the two). Off-front
+rungs are drawn hollow.
 """
 from __future__ import annotations
 
@@ -29,7 +31,13 @@ def latencies(bench: dict) -> dict[str, float]:
 
 def front(points: dict[str, tuple[float, float]]) -> set[str]:
     return {a for a, (la, ta) in points.items()
-            if not any(lb < la and tb >= ta for b, (lb, tb) in points.items() if b != a)}
+            if not any(lb < la and tb > ta for b, (lb, tb) in points.items() if b != a)}
+
+
+def tied(points: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """Front rungs that another equals in accuracy at less latency, with that rung."""
+    return {a: b for a, (la, ta) in points.items() for b, (lb, tb) in points.items()
+            if b != a and lb < la and tb == ta}
 
 
 def svg(points: dict[str, tuple[float, float]], off: dict[str, str], title: str) -> str:
@@ -79,12 +87,14 @@ def main() -> None:
     manifest = tomllib.loads((HERE / "variants.toml").read_text())
     lat = latencies(bench)
     points = {v["name"]: (lat[v["name"]], v["top1"]) for v in manifest["variant"] if v["name"] in lat}
-    off = {v["name"]: v["off_front"] for v in manifest["variant"] if "off_front" in v}
     measured_front = front(points)
+    ties = tied(points)
+    off = {n: "measured" for n in points if n not in measured_front}
     for n in points:
         state = "on the front" if n in measured_front else "OFF the front"
-        print(f"{n:<12} {points[n][0]:6.1f} ms  {100 * points[n][1]:5.1f} %  {state}"
-              + (f"  (manifest: off_front = {off[n]!r})" if n in off else ""))
+        if n in measured_front and n in ties:
+            state += f" (tie: {ties[n]} as accurate, faster)"
+        print(f"{n:<12} {points[n][0]:6.1f} ms  {100 * points[n][1]:5.1f} %  {state}")
     out.write_text(svg(points, off, sys.argv[3] if len(sys.argv) > 3 else "accuracy / latency front"))
     print(f"wrote {out}")
 
