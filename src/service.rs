@@ -230,16 +230,29 @@ impl Service {
     /// Decode and preprocess on the blocking pool, a bounded number at once:
     /// decoded once, resized and normalised once per distinct preprocessing
     /// among the variants `route` may pick.
+    ///
+    /// A request waits for a preprocessing slot at most until its deadline
+    /// (504 `deadline_expired`), and once it holds one, admission is checked
+    /// again (`Batcher::precheck`): under overload the wait for a slot can
+    /// use up the budget the first check saw, and a request that can no
+    /// longer be met is refused before its image is decoded, not after.
     pub async fn preprocess_image(
         &self,
         bytes: axum::body::Bytes,
         route: &RouteRequest,
+        arrival: Instant,
+        deadline: Instant,
     ) -> Result<(Inputs, Duration), ServeError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ServeError::ShuttingDown)?;
+        let _slot = match tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await {
+            Ok(slot) => slot.map_err(|_| ServeError::ShuttingDown)?,
+            Err(_) => {
+                return Err(ServeError::DeadlineExpired {
+                    budget_ms: ms(deadline - arrival),
+                    waited_ms: ms(arrival.elapsed()),
+                })
+            }
+        };
+        self.batcher.precheck(route, arrival, deadline)?;
         let (preps, slot) = self.preps_for(route);
         let limits = self.config.decode;
         let t0 = Instant::now();
@@ -324,7 +337,9 @@ impl Service {
         }
         let deadline = arrival + budget;
         self.batcher.precheck(&route, arrival, deadline)?;
-        let (tensor, pre) = self.preprocess_image(bytes, &route).await?;
+        let (tensor, pre) = self
+            .preprocess_image(bytes, &route, arrival, deadline)
+            .await?;
         let out = self.infer(tensor, &route, arrival, deadline).await?;
         let total = arrival.elapsed();
         let predictions = top_k(&out.logits, top)

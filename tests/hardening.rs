@@ -521,3 +521,72 @@ async fn shutdown_answers_a_request_sent_on_an_idle_keep_alive_connection() {
         .unwrap()
         .unwrap();
 }
+
+/// A PNG that takes a while to decode (16 megapixels) but is small on the
+/// wire (a gradient compresses well).
+fn slow_png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(4000, 4000, |x, y| {
+        image::Rgb([
+            (x % 256) as u8,
+            (y % 256) as u8,
+            ((x / 16 + y / 16) % 256) as u8,
+        ])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Under overload the wait for a preprocessing slot is part of the budget:
+/// a request whose deadline passes while another image holds the only slot
+/// is answered `504 deadline_expired` at its deadline, without its image
+/// being decoded, and the request holding the slot is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_preprocessing_slot_ends_at_the_deadline() {
+    let mut a = args(&[]);
+    a.preprocess_slots = Some(1);
+    a.max_body_bytes = 16 << 20;
+    let server = start_fake(a, Duration::from_millis(1)).await;
+    let big = slow_png();
+    let c = Client::new();
+    let before = server
+        .metric("slimserve_preprocess_duration_seconds_count")
+        .await;
+    let first = tokio::spawn(
+        c.post(server.url("/classify"))
+            .header("content-type", "image/png")
+            .header("x-sla-ms", "30000")
+            .body(big)
+            .send(),
+    );
+    // The first holds the slot for its 16-megapixel decode (> 100 ms here,
+    // more on slower machines) when the second arrives.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let t0 = Instant::now();
+    let second = c
+        .post(server.url("/classify"))
+        .header("content-type", "image/png")
+        .header("x-sla-ms", "30")
+        .body(photo("chelsea.png"))
+        .send()
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let status = second.status().as_u16();
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["kind"], "deadline_expired", "{body}");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered at its deadline, took {took:?}"
+    );
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    // Only the first image was preprocessed.
+    let after = server
+        .metric("slimserve_preprocess_duration_seconds_count")
+        .await;
+    assert_eq!(after - before, 1.0);
+}

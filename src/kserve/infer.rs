@@ -314,7 +314,7 @@ async fn run(
                 let (svc, route) = (svc.clone(), route.clone());
                 set.spawn(async move {
                     let r = async {
-                        let (t, pre) = svc.preprocess_image(b, &route).await?;
+                        let (t, pre) = svc.preprocess_image(b, &route, arrival, deadline).await?;
                         Ok((svc.infer(t, &route, arrival, deadline).await?, pre))
                     }
                     .await;
