@@ -151,9 +151,7 @@ impl EvalOp for DenseConv {
             .zip(out.chunks_exact_mut(g.oh * row))
         {
             // Output rows split over the idle cores (`par`).
-            let rows = par::ranges(g.oh, parts, 1);
-            let outs = par::split_rows(o, row, &rows);
-            par::run(rows.into_iter().zip(outs).collect(), |(r, o)| {
+            par::for_rows(o, row, par::ranges(g.oh, parts, 1), |r, o| {
                 let mut buf = vec![0f32; g.ow * k];
                 for (oy, c) in r.zip(o.chunks_exact_mut(row)) {
                     g.gather(image, oy, &mut buf);

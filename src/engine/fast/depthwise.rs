@@ -78,9 +78,7 @@ impl EvalOp for Depthwise {
             }
             // Output rows split over the idle cores (`par`): each part
             // reads only its input rows, with the same arithmetic.
-            let rows = par::ranges(g.oh, parts, 1);
-            let outs = par::split_rows(o, orow, &rows);
-            par::run(rows.into_iter().zip(outs).collect(), |(r, o)| {
+            par::for_rows(o, orow, par::ranges(g.oh, parts, 1), |r, o| {
                 let (_, iy) = g.band(r.clone());
                 let src = &i[iy.start * irow..iy.end * irow];
                 simd::depthwise_band(&self.w, r, src, o, self.clamp);

@@ -152,9 +152,25 @@ pub fn run<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
     });
 }
 
+/// Run `f` on every range of `rows` (which tile the rows of `data`, each
+/// `stride` values long, in order) with that range's rows of `data`, as
+/// [`run`] does: in parallel on the pool when called from one of its
+/// threads.
+pub fn for_rows<T: Send>(
+    data: &mut [T],
+    stride: usize,
+    rows: Vec<Range<usize>>,
+    f: impl Fn(Range<usize>, &mut [T]) + Sync,
+) {
+    let parts = split_rows(data, stride, &rows);
+    run(rows.into_iter().zip(parts).collect(), |(r, part)| {
+        f(r, part)
+    });
+}
+
 /// `data` (rows of `stride` values) cut at the row ranges `rows` (which
 /// tile `0..n` in order) into disjoint mutable slices.
-pub fn split_rows<'a, T>(
+fn split_rows<'a, T>(
     mut data: &'a mut [T],
     stride: usize,
     rows: &[Range<usize>],
@@ -203,14 +219,8 @@ mod tests {
         });
         assert!(hits.iter().all(|h| h.load(Ordering::SeqCst) == 1));
         let mut data = vec![0u32; 30];
-        let rows = ranges(10, 3, 2);
-        let parts: Vec<_> = rows
-            .iter()
-            .cloned()
-            .zip(split_rows(&mut data, 3, &rows))
-            .collect();
         install(|| {
-            run(parts, |(r, chunk): (Range<usize>, &mut [u32])| {
+            for_rows(&mut data, 3, ranges(10, 3, 2), |r, chunk| {
                 for (i, v) in chunk.iter_mut().enumerate() {
                     *v = (r.start * 3 + i) as u32;
                 }

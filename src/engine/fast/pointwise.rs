@@ -79,8 +79,7 @@ impl EvalOp for Pointwise {
         // Rows split over the idle cores (`par`); each row's arithmetic is
         // the same whichever part runs it.
         let rows = par::ranges(m, par::parts(m * k * n), 24);
-        let outs = par::split_rows(c.as_slice_mut::<f32>()?, n, &rows);
-        par::run(rows.into_iter().zip(outs).collect(), |(r, c)| {
+        par::for_rows(c.as_slice_mut::<f32>()?, n, rows, |r, c| {
             simd::gemm(
                 &self.w,
                 r.len(),

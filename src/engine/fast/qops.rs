@@ -73,8 +73,7 @@ impl EvalOp for QPointwise {
         // Integer products run about four times the f32 rate: split as
         // much work as a quarter of it would be.
         let rows = par::ranges(m, par::parts(m * k * n / 4), 24);
-        let outs = par::split_rows(view.as_slice_mut::<u8>()?, n, &rows);
-        par::run(rows.into_iter().zip(outs).collect(), |(r, c)| {
+        par::for_rows(view.as_slice_mut::<u8>()?, n, rows, |r, c| {
             qgemm::qgemm(&self.w, r.len(), &a[r.start * k..], k, c, n)
         });
         Ok(tvec!(y.into_tvalue()))
@@ -172,8 +171,7 @@ impl EvalOp for QDepthwise {
             // Output rows split over the idle cores (`par`), each part
             // band by band with its own buffers.
             let parts = par::ranges(g.oh, par::parts(work), 1);
-            let outs = par::split_rows(o, orow, &parts);
-            par::run(parts.into_iter().zip(outs).collect(), |(rows, o)| {
+            par::for_rows(o, orow, parts, |rows, o| {
                 let (mut fin, mut fout) = (Vec::new(), Vec::new());
                 let mut oy = rows.start;
                 while oy < rows.end {
