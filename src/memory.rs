@@ -22,14 +22,26 @@ fn statm_field(i: usize) -> u64 {
         .map_or(0, |pages| pages * page)
 }
 
-/// The binary's jemalloc settings (feature `jemalloc`): a background thread
-/// purges freed pages; dirty pages go back to the system after 1 s
-/// (jemalloc's default is 10 s), with no second "muzzy" stage; one arena
-/// (the default is four per core): the workers' activations churn through
-/// one pool of pages instead of one per arena (pruned at 60 req/s: ~63
-/// instead of ~75 MB; per-thread caches keep the lock off the fast path).
-pub const JEMALLOC_CONF: &[u8] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1\0";
+/// The binary's jemalloc settings (feature `jemalloc`): freed pages stay
+/// with the allocator while the process is busy (`dirty_decay_ms:-1`: no
+/// time-based purging) and go back to the system once it has been idle for
+/// a second ([`spawn_idle_purge`]); one arena (the default is four per
+/// core): the workers' activations churn through one pool of pages instead
+/// of one per arena (pruned at 60 req/s: ~63 instead of ~75 MB; per-thread
+/// caches keep the lock off the fast path).
+///
+/// Time-based purging (`dirty_decay_ms:1000`, used before) handed the
+/// pages of a large activation back between two runs and made the next run
+/// fault them in again: jemalloc serves allocations above 8 MiB (a batch-4
+/// plan's 112 x 112 x 96 activation is 19 MB) from an arena that purges
+/// at once whenever the default decay is positive, and the 1 s decay of the
+/// main arena purged a part of the rest. `full` at batch 4 spent ~3 ms of
+/// every 13.5 ms image in page faults.
+pub const JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1\0";
+
+/// How long the process must go without a large allocation before
+/// [`spawn_idle_purge`] gives the free pages back.
+pub const IDLE_PURGE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Which allocator serves this process's heap.
 pub fn allocator() -> &'static str {
@@ -54,7 +66,7 @@ fn jemalloc_active() -> bool {
 }
 
 /// Give freed heap pages back to the OS now (glibc keeps them otherwise,
-/// jemalloc for a second), then read the RSS: used around loading models
+/// jemalloc until the process is idle), then read the RSS: used around loading models
 /// and dropping plans so the figures measure what is held.
 pub fn trimmed_resident_bytes() -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -62,6 +74,58 @@ pub fn trimmed_resident_bytes() -> u64 {
     unsafe {
         libc::malloc_trim(0);
     }
+    purge();
+    resident_bytes()
+}
+
+/// Large allocations made so far and free pages the allocator holds
+/// (jemalloc's merged statistics), or `None` without jemalloc.
+fn allocator_activity() -> Option<(u64, u64)> {
+    #[cfg(feature = "jemalloc")]
+    if jemalloc_active() {
+        use tikv_jemalloc_ctl::raw;
+        // SAFETY: NUL-terminated names of u64 and size_t statistics
+        // (MALLCTL_ARENAS_ALL, 4096: every arena merged), read after the
+        // epoch was advanced by `jemalloc_active`.
+        let large = unsafe { raw::read::<u64>(b"stats.arenas.4096.large.nmalloc\0") }.ok()?;
+        let dirty = unsafe { raw::read::<usize>(b"stats.arenas.4096.pdirty\0") }.ok()?;
+        return Some((large, dirty as u64));
+    }
+    None
+}
+
+/// Start a thread that gives the allocator's free pages back to the system
+/// once no large allocation (an activation, a decoded image) has been made
+/// for `idle`, and there are free pages to give. While requests flow, freed
+/// activations are reused without faulting their pages in again; after a
+/// burst, resident memory returns to what is held. Does nothing (returns
+/// `None`) without jemalloc.
+pub fn spawn_idle_purge(idle: std::time::Duration) -> Option<std::thread::JoinHandle<()>> {
+    allocator_activity()?;
+    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
+    std::thread::Builder::new()
+        .name("slimserve-purge".into())
+        .spawn(move || {
+            let mut last = allocator_activity().map_or(0, |(large, _)| large);
+            let mut quiet_since = std::time::Instant::now();
+            loop {
+                std::thread::sleep(tick);
+                let Some((large, dirty)) = allocator_activity() else {
+                    return;
+                };
+                if large != last {
+                    last = large;
+                    quiet_since = std::time::Instant::now();
+                } else if dirty > 0 && quiet_since.elapsed() >= idle {
+                    purge();
+                }
+            }
+        })
+        .ok()
+}
+
+/// Give every arena's free pages back to the system (jemalloc).
+fn purge() {
     #[cfg(feature = "jemalloc")]
     if jemalloc_active() {
         // MALLCTL_ARENAS_ALL (4096): purge the unused pages of every arena.
@@ -77,5 +141,4 @@ pub fn trimmed_resident_bytes() -> u64 {
             );
         }
     }
-    resident_bytes()
 }

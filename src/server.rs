@@ -254,6 +254,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let manifest = args.model.manifest()?;
+    // Free pages stay with the allocator while requests flow, and go back
+    // to the system after a second without work.
+    crate::memory::spawn_idle_purge(crate::memory::IDLE_PURGE_AFTER);
     let load_args = args.clone();
     let load = move |metrics| build_service(&load_args, &manifest, metrics);
     serve_with(args, listener, grpc, shutdown, load).await
