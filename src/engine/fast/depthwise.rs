@@ -64,7 +64,7 @@ impl EvalOp for Depthwise {
             g.c
         );
         let n = x.shape()[0];
-        let mut y = Tensor::zero::<f32>(&self.out_shape(n))?;
+        let mut y = simd::output_tensor(&self.out_shape(n), f32::NAN)?;
         let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;

@@ -62,7 +62,7 @@ impl EvalOp for Pointwise {
         let m = x.len() / k;
         let mut out_shape: TVec<usize> = shape.into();
         *out_shape.last_mut().unwrap() = n;
-        let mut y = Tensor::zero::<f32>(&out_shape)?;
+        let mut y = simd::output_tensor(&out_shape, f32::NAN)?;
         let a = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let res = if self.residual {
             let r = &inputs[1];

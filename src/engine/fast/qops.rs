@@ -67,7 +67,7 @@ impl EvalOp for QPointwise {
         let m = x.len() / k;
         let mut shape: TVec<usize> = x.shape().into();
         *shape.last_mut().unwrap() = n;
-        let mut y = Tensor::zero::<u8>(&shape)?;
+        let mut y = simd::output_tensor(&shape, 0xA5u8)?;
         let a = x.try_as_plain_ram()?.as_slice::<u8>()?;
         let mut view = y.try_as_plain_ram_mut()?;
         // Integer products run about four times the f32 rate: split as
@@ -157,7 +157,7 @@ impl EvalOp for QDepthwise {
             g.c
         );
         let n = x.shape()[0];
-        let mut y = Tensor::zero::<u8>(&[n, g.oh, g.ow, g.c])?;
+        let mut y = simd::output_tensor(&[n, g.oh, g.ow, g.c], 0xA5u8)?;
         let input = x.try_as_plain_ram()?.as_slice::<u8>()?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<u8>()?;
@@ -270,7 +270,7 @@ impl EvalOp for Quantize {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let mut y = Tensor::zero::<u8>(x.shape())?;
+        let mut y = simd::output_tensor(x.shape(), 0xA5u8)?;
         qgemm::quantize(
             self.isa,
             x.try_as_plain_ram()?.as_slice::<f32>()?,
@@ -287,7 +287,7 @@ impl EvalOp for Dequantize {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let mut y = Tensor::zero::<f32>(x.shape())?;
+        let mut y = simd::output_tensor(x.shape(), f32::NAN)?;
         qgemm::dequantize(
             self.isa,
             x.try_as_plain_ram()?.as_slice::<u8>()?,
