@@ -170,6 +170,15 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
     assert_eq!(packs.len(), ops);
     assert_eq!(packs.bytes(), s.packed_bytes);
     let four = optimized_model(&proto, spec, 4, kernels, &packs).unwrap();
+    // The batch-4 plan runs its early layers image by image (one copy of
+    // each op per image, `fast::split`); the batch-1 plan has nothing to
+    // split.
+    let names = |m: &tract_onnx::prelude::TypedModel| -> Vec<String> {
+        m.nodes.iter().map(|n| n.name.clone()).collect()
+    };
+    assert!(!names(&one).iter().any(|n| n.starts_with("split.")));
+    assert!(names(&four).iter().any(|n| n == "split.concat"));
+    assert!(names(&four).iter().any(|n| n == "/stem/Conv.image3"));
     // Every op of the batch-4 plan found its pack made for batch 1 ...
     assert_eq!(packs.reused(), ops);
     assert_eq!(packs.len(), ops);

@@ -199,6 +199,9 @@ pub fn optimized_model(
     if let Kernels::Int8(_, q) = kernels {
         fast::quant::swap_qdq(&mut model, q)?;
     }
+    if kernels != Kernels::Stock {
+        fast::split::split_early_layers(&mut model)?;
+    }
     codegen_for_batch(batch).optimize(&mut model)?;
     Ok(model)
 }

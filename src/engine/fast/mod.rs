@@ -30,6 +30,7 @@ pub mod pointwise;
 pub mod qops;
 pub mod quant;
 pub mod resize;
+pub mod split;
 
 use crate::engine::simd::qgemm::QIsa;
 use crate::engine::simd::{Clamp, DwGeometry, Isa};
@@ -37,6 +38,7 @@ use conv::{ConvGeometry, DenseConv};
 use depthwise::Depthwise;
 pub use packs::Packs;
 use pointwise::Pointwise;
+use std::sync::Arc;
 use tract_core::internal::*;
 use tract_core::model::Rewriter;
 use tract_core::ops::binary::TypedBinOp;
@@ -351,10 +353,34 @@ pub fn fuse_epilogues(model: &mut TypedModel) -> TractResult<(usize, usize)> {
     Ok((clamps, residuals))
 }
 
-/// Counts and packed bytes of the fast ops in a model.
+/// Counts and packed bytes of the fast ops in a model. An op copied per
+/// image (`split`) shares its pack and counts once.
 pub fn summarize(model: &TypedModel) -> Summary {
     let mut s = Summary::default();
+    let mut seen = std::collections::HashSet::new();
     for node in &model.nodes {
+        let pack = node
+            .op_as::<Pointwise>()
+            .map(|p| Arc::as_ptr(&p.w) as usize)
+            .or_else(|| {
+                node.op_as::<Depthwise>()
+                    .map(|d| Arc::as_ptr(&d.w) as usize)
+            })
+            .or_else(|| {
+                node.op_as::<DenseConv>()
+                    .map(|c| Arc::as_ptr(&c.w) as usize)
+            })
+            .or_else(|| {
+                node.op_as::<qops::QPointwise>()
+                    .map(|q| Arc::as_ptr(&q.w) as usize)
+            })
+            .or_else(|| {
+                node.op_as::<qops::QDepthwise>()
+                    .map(|q| Arc::as_ptr(&q.w) as usize)
+            });
+        if pack.is_some_and(|p| !seen.insert(p)) {
+            continue;
+        }
         let (clamp, bytes) = if let Some(p) = node.op_as::<Pointwise>() {
             let rank = node.inputs.first().and_then(|i| model.outlet_fact(*i).ok());
             if rank.is_some_and(|f| f.rank() == 2) {

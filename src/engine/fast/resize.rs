@@ -106,11 +106,24 @@ impl SlimResize {
     }
 
     fn output_shape(&self) -> TVec<usize> {
-        let mut shape = self.input_shape.clone();
+        self.output_shape_for(&self.input_shape)
+    }
+
+    fn output_shape_for(&self, input: &[usize]) -> TVec<usize> {
+        let mut shape: TVec<usize> = input.into();
         for a in &self.axes {
             shape[a.axis] = a.len_out();
         }
         shape
+    }
+
+    /// Whether `shape` is this resize's input, but for any number of
+    /// images along axis 0 when axis 0 is not resampled (a batch plan may
+    /// run it one image at a time, `super::split`).
+    fn accepts(&self, shape: &[usize]) -> bool {
+        let batch_free = !self.axes.iter().any(|a| a.axis == 0);
+        shape.len() == self.input_shape.len()
+            && (shape == &*self.input_shape || (batch_free && shape[1..] == self.input_shape[1..]))
     }
 }
 
@@ -232,7 +245,7 @@ impl EvalOp for SlimResize {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
         ensure!(
-            x.shape() == &*self.input_shape && x.datum_type() == f32::datum_type(),
+            self.accepts(x.shape()) && x.datum_type() == f32::datum_type(),
             "input {:?} is not f32 {:?}",
             x.shape(),
             self.input_shape
@@ -241,7 +254,7 @@ impl EvalOp for SlimResize {
         let rank = self.input_shape.len();
         if let [ht, wt] = &self.axes[..] {
             if ht.axis + 2 == rank && wt.axis + 1 == rank {
-                let shape = self.output_shape();
+                let shape = self.output_shape_for(x.shape());
                 let mut out = Tensor::zero::<f32>(&shape)?;
                 resample_last_two(
                     input,
@@ -252,7 +265,7 @@ impl EvalOp for SlimResize {
                 return Ok(tvec!(out.into_tvalue()));
             }
         }
-        let mut shape = self.input_shape.clone();
+        let mut shape: TVec<usize> = x.shape().into();
         let mut data: Vec<f32> = input.to_vec();
         for t in &self.axes {
             let mut next = vec![0f32; data.len() / t.len_in * t.len_out()];
@@ -268,7 +281,16 @@ impl EvalOp for SlimResize {
 impl TypedOp for SlimResize {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == f32::datum_type());
-        Ok(tvec!(f32::fact(self.output_shape())))
+        let shape = inputs[0]
+            .shape
+            .as_concrete()
+            .context("symbolic resize input")?;
+        ensure!(
+            self.accepts(shape),
+            "input {shape:?} is not {:?}",
+            self.input_shape
+        );
+        Ok(tvec!(f32::fact(self.output_shape_for(shape))))
     }
 
     as_op!();
