@@ -466,7 +466,11 @@ impl<T: Payload> State<T> {
         let sizes = self.sizes(v);
         let largest = *sizes.last().unwrap_or(&1);
         let head = &self.queues[v][0];
-        if n < largest {
+        // Another worker idle: the next request has a worker of its own, so
+        // waiting to batch would only add latency (batches then form from
+        // the backlog, once every worker is busy).
+        let others_idle = self.busy_until.iter().filter(|b| b.is_none()).count() > 1;
+        if n < largest && !others_idle {
             // A larger batch pays off: wait for it while the oldest request
             // can still afford the larger batch, and no longer than max wait.
             let latest = head

@@ -212,6 +212,26 @@ fn batches_form_when_batching_pays_off() {
 }
 
 #[test]
+fn no_waiting_for_a_batch_while_another_worker_is_idle() {
+    let mut s = state(2, 0.4); // batching pays
+    let t = Instant::now();
+    submit(&mut s, 0, 1000, t).unwrap();
+    // Worker 1 is idle too: the lone request runs at once.
+    assert_eq!(run(s.next(0, t)).items.len(), 1);
+    // Worker 0 busy now: worker 1 waits for a batch to fill ...
+    submit(&mut s, 1, 1000, t).unwrap();
+    match s.next(1, t) {
+        Next::WaitUntil(u) => assert_eq!(u, t + s.policy.max_batch_wait),
+        other => panic!("expected to wait, got {other:?}"),
+    }
+    // ... and takes the backlog as one batch.
+    for i in 2..5 {
+        submit(&mut s, i, 1000, t + MS(1)).unwrap();
+    }
+    assert_eq!(run(s.next(1, t + MS(1))).items.len(), 4);
+}
+
+#[test]
 fn no_batches_and_no_waiting_when_batching_does_not_pay() {
     let mut s = state(2, 1.6); // tract on this CPU: batch 4 costs 6.4 images
     let t = Instant::now();
