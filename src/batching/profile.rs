@@ -84,11 +84,11 @@ pub struct LatencyModel {
     /// Spread multiplier used in predictions.
     pub k: f64,
     /// A batch size "pays off" when its time per image is below this
-    /// fraction of batch 1's. 0.95: full's batch-4 plan costs 0.92x per
-    /// image on the AVX-512 machine, 8 % more throughput where it runs: under
-    /// backlog, since a worker waits for a batch to fill only while every
-    /// other worker is busy (`State::next`), so batching costs an idle
-    /// server no latency.
+    /// fraction of batch 1's. Not higher: full's batch-4 plan costs 0.92x
+    /// per image on the AVX-512 machine, yet a server that batched it
+    /// (payoff 0.95) answered less within budget at 130 req/s than one that
+    /// did not (two runs each: 112 and 122 vs 127 and 124.5 req/s): a batch
+    /// holds four answers until the last is done.
     pub payoff: f64,
     /// Paying batch sizes per variant, fixed from the warm-up (see
     /// `freeze_payoff`); `None`: computed from the live figures.
@@ -108,7 +108,7 @@ impl LatencyModel {
             preprocess: Stat::default(),
             wait_error: WaitError::default(),
             k: 2.0,
-            payoff: 0.95,
+            payoff: 0.9,
             paying: None,
         }
     }
