@@ -42,7 +42,7 @@ pub fn build_service(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<Service>> {
     let t0 = Instant::now();
-    crate::engine::fast::par::set_threads(args.intra_op_threads.unwrap_or_else(default_workers));
+    crate::engine::fast::par::set_threads(args.intra_op_threads);
     let (engine, specs) = TractEngine::load(
         manifest,
         &args.model.variants,

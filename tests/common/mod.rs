@@ -31,7 +31,7 @@ pub fn args(variants: &[&str]) -> ServeArgs {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         workers: Some(2),
-        intra_op_threads: None,
+        intra_op_threads: 1,
         queue_capacity: 64,
         max_batch_wait_ms: 5,
         no_batching: false,

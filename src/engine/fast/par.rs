@@ -17,9 +17,10 @@
 //! a thread waiting in `join` steals whatever its pool holds, and in a
 //! shared pool that was another worker's whole inference.
 //!
-//! Off (`threads = 1`) unless [`set_threads`] is called: `serve` sets it
-//! (`--intra-op-threads`, default one per core); `bench` and `eval` time one
-//! thread per inference unless asked.
+//! Off (`threads = 1`) unless [`set_threads`] is called with more: `serve
+//! --intra-op-threads N` and `bench --intra-op-threads N` do (default 1:
+//! under open-loop load the split cost more CPU than it saved, see
+//! `ServeArgs::intra_op_threads`).
 
 use std::cell::RefCell;
 use std::ops::Range;
