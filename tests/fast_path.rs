@@ -179,6 +179,27 @@ fn the_plans_of_one_variant_share_one_copy_of_the_packed_weights() {
     assert!(!names(&one).iter().any(|n| n.starts_with("split.")));
     assert!(names(&four).iter().any(|n| n == "split.concat"));
     assert!(names(&four).iter().any(|n| n == "/stem/Conv.image3"));
+    // pruned runs at 192 x 192: its 96 x 96 and 48 x 48 layers run per image,
+    // up to and including the stride-2 depthwise from 48 x 48 to 24 x 24,
+    // whose quarter-size outputs are what the concatenation joins; every op
+    // on the whole batch holds 24 x 24 activations or smaller.
+    for node in &four.nodes {
+        if node.name.contains(".image") || four.inputs.iter().any(|i| i.node == node.id) {
+            continue;
+        }
+        for o in &node.outputs {
+            if let Some(shape) = o.fact.shape.as_concrete() {
+                if shape.len() == 4 && shape[0] == 4 {
+                    assert!(shape[1] * shape[2] <= 24 * 24, "{} {:?}", node.name, shape);
+                }
+            }
+        }
+    }
+    let concat = four.node_by_name("split.concat").unwrap();
+    let joined = concat.outputs[0].fact.shape.as_concrete().unwrap().to_vec();
+    assert_eq!(&joined[..3], &[4, 24, 24], "{joined:?}");
+    let last = four.node(concat.inputs[0].node);
+    assert!(last.name.contains("/dw/"), "{}", last.name);
     // Every op of the batch-4 plan found its pack made for batch 1 ...
     assert_eq!(packs.reused(), ops);
     assert_eq!(packs.len(), ops);

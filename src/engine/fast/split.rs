@@ -6,7 +6,7 @@
 //! two ops, and those layers ran ~0.8 ms per image slower than at batch 1.
 //! The late layers are the other way round (7 x 7 activations, large
 //! weights) and gain from the batch. [`split_early_layers`] copies the part
-//! of the graph before the last "cut" with large activations once per image
+//! of the graph up to a "cut" after the large activations once per image
 //! (each copy on a one-image slice of the input, sharing the packed weights
 //! of the original ops) and concatenates the copies' outputs at the cut; the
 //! rest of the graph runs on the whole batch. tract evaluates one copy after
@@ -18,9 +18,9 @@ use tract_core::internal::*;
 use tract_core::ops::array::{Slice, TypedConcat};
 use tract_core::ops::konst::Const;
 
-/// A cut's activation must cover at least this fraction of the positions
-/// (rows x columns) of the model's largest activation: 1/16 is 28 x 28 at
-/// full's 112 x 112.
+/// An activation is large when it covers at least this fraction of the
+/// positions (rows x columns) of the model's largest one: for full, whose
+/// largest is the 224 x 224 input moved channel-last, 56 x 56 and up.
 const MIN_POSITION_SHARE: usize = 16;
 
 /// Positions (all dims but the batch and the last, channel-last) of a rank-4
@@ -30,10 +30,14 @@ fn positions(fact: &TypedFact, n: usize) -> Option<usize> {
     (shape.len() == 4 && shape[0] == n).then(|| shape[1] * shape[2])
 }
 
-/// The last node of `order` whose single output is then the only
-/// activation alive (every other one computed so far is consumed), with at
-/// least `min` positions: everything after it depends on the input only
-/// through that output.
+/// Where to cut: a node of `order` whose single output is then the only
+/// activation alive (every other one computed so far is consumed), so that
+/// everything after it depends on the input only through that output. The
+/// first such node once no later op reads or writes an activation of at
+/// least `min` positions (for full the stride-2 depthwise from 56 x 56 to
+/// 28 x 28, whose output is a quarter of its input: the concatenation then
+/// copies the small one); failing that, the last such node whose output has
+/// `min` positions.
 fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option<usize>> {
     let is_const = |o: &OutletId| {
         model.node(o.node).op_is::<Const>()
@@ -55,8 +59,19 @@ fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option
         .max()
         .unwrap_or(0);
     let min = (largest / MIN_POSITION_SHARE).max(1);
+    let large = |o: &OutletId| {
+        model
+            .outlet_fact(*o)
+            .is_ok_and(|f| positions(f, n).is_some_and(|p| p >= min))
+    };
+    let last_large = order.iter().rposition(|&id| {
+        let node = model.node(id);
+        node.inputs.iter().any(large)
+            || (0..node.outputs.len()).any(|slot| large(&OutletId::new(id, slot)))
+    });
     let mut live: HashSet<OutletId> = HashSet::new();
     let mut cut = None;
+    let mut after_large = None;
     for (i, &id) in order.iter().enumerate() {
         let node = model.node(id);
         live.retain(|o| last_use.get(o).is_some_and(|&l| l > i));
@@ -71,16 +86,21 @@ fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option
             && live.contains(&only)
             && !model.inputs.contains(&only)
             && last_use.get(&only) != Some(&usize::MAX)
-            && positions(model.outlet_fact(only)?, n).is_some_and(|p| p >= min)
+            && positions(model.outlet_fact(only)?, n).is_some()
         {
-            cut = Some(i);
+            if large(&only) {
+                cut = Some(i);
+            }
+            if after_large.is_none() && last_large.is_some_and(|l| i >= l) {
+                after_large = Some(i);
+            }
         }
     }
-    Ok(cut)
+    Ok(after_large.or(cut))
 }
 
-/// Run the part of a batch-`n` model before its last large cut one image at
-/// a time (see the module). Returns whether the model was changed: not for
+/// Run the part of a batch-`n` model up to its cut (`last_cut`) one image
+/// at a time (see the module). Returns whether the model was changed: not for
 /// batch 1, nor when the graph has no such cut, nor when an op of that part
 /// does not type on a one-image slice.
 pub fn split_early_layers(model: &mut TypedModel) -> TractResult<bool> {
