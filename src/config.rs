@@ -215,9 +215,10 @@ pub struct ServeArgs {
     /// Threads one inference may use while the other workers are idle: its
     /// large ops split their rows over the idle cores. Back to back, one
     /// request at a time, full then runs in 7.3 instead of 9.8 ms on 2 cores;
-    /// but under open-loop load the split costs CPU (13.1 ms per request at
-    /// 100 req/s with 1, 13.8-15.8 with 2) and so capacity, and it did not
-    /// lower the median at 30 req/s: hence 1 (never split) by default.
+    /// but under open-loop load the split costs CPU (full at 100 req/s, three
+    /// runs each: 13.1 ms per request with 1, 13.8-14.5 with 2) and so
+    /// capacity, and it did not lower the median at 30 req/s: hence 1 (never
+    /// split) by default.
     #[arg(long, env = "SLIMSERVE_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
     /// Requests queued at most (over all variants) before answering 503.
