@@ -38,7 +38,7 @@ fn positions(fact: &TypedFact, n: usize) -> Option<usize> {
 /// 28 x 28, whose output is a quarter of its input: the concatenation then
 /// copies the small one); failing that, the last such node whose output has
 /// `min` positions.
-fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option<usize>> {
+fn find_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option<usize>> {
     let is_const = |o: &OutletId| {
         model.node(o.node).op_is::<Const>()
             || model.outlet_fact(*o).is_ok_and(|f| f.konst.is_some())
@@ -70,7 +70,7 @@ fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option
             || (0..node.outputs.len()).any(|slot| large(&OutletId::new(id, slot)))
     });
     let mut live: HashSet<OutletId> = HashSet::new();
-    let mut cut = None;
+    let mut last_large_cut = None;
     let mut after_large = None;
     for (i, &id) in order.iter().enumerate() {
         let node = model.node(id);
@@ -89,17 +89,17 @@ fn last_cut(model: &TypedModel, order: &[usize], n: usize) -> TractResult<Option
             && positions(model.outlet_fact(only)?, n).is_some()
         {
             if large(&only) {
-                cut = Some(i);
+                last_large_cut = Some(i);
             }
             if after_large.is_none() && last_large.is_some_and(|l| i >= l) {
                 after_large = Some(i);
             }
         }
     }
-    Ok(after_large.or(cut))
+    Ok(after_large.or(last_large_cut))
 }
 
-/// Run the part of a batch-`n` model up to its cut (`last_cut`) one image
+/// Run the part of a batch-`n` model up to its cut (`find_cut`) one image
 /// at a time (see the module). Returns whether the model was changed: not for
 /// batch 1, nor when the graph has no such cut, nor when an op of that part
 /// does not type on a one-image slice.
@@ -122,7 +122,7 @@ fn plan(model: &TypedModel) -> TractResult<Option<(TypedModelPatch, String)>> {
     rule_if!(!shape.is_empty() && shape[0] > 1);
     let n = shape[0];
     let order = model.eval_order()?;
-    rule_if_some!(cut = last_cut(model, &order, n)?);
+    rule_if_some!(cut = find_cut(model, &order, n)?);
     let prefix = &order[..=cut];
     let cut_outlet = OutletId::new(order[cut], 0);
     let mut patch = TypedModelPatch::default();
