@@ -13,6 +13,8 @@ mod avx512;
 mod depthwise;
 mod gemm;
 pub mod portable;
+#[cfg(target_arch = "x86_64")]
+mod qavx2;
 pub mod qgemm;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 //! Integer kernels for quantized (QDQ) models: a u8 x s8 matrix product
 //! accumulated in i32 with a requantizing epilogue, and the quantize /
 //! dequantize passes around them. Safe API here (bounds checked once per
-//! call); the AVX-512 VNNI kernels are in `vnni.rs`, their portable twins
-//! below.
+//! call); the AVX-512 VNNI kernels are in `vnni.rs`, the AVX2 ones in
+//! `qavx2.rs`, their portable twins below.
 //!
 //! Activations are u8 with a zero point (an int8 tensor of zero point `z`
 //! is the same values plus 128, zero point `z + 128`); weights are s8 with
@@ -27,6 +27,10 @@ pub enum QIsa {
     Portable,
     /// AVX-512 with VNNI (`vpdpbusd`: 64 u8 x s8 products per instruction).
     Vnni512,
+    /// AVX2: weights and activations widened to i16, `vpmaddwd` (16
+    /// products per instruction, summed in pairs into i32: exact, where
+    /// `vpmaddubsw`'s u8 x s8 pairs saturate at i16).
+    Avx2,
 }
 
 impl QIsa {
@@ -34,6 +38,7 @@ impl QIsa {
         match self {
             QIsa::Portable => "portable",
             QIsa::Vnni512 => "avx512-vnni",
+            QIsa::Avx2 => "avx2",
         }
     }
 
@@ -47,13 +52,15 @@ impl QIsa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            QIsa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(not(target_arch = "x86_64"))]
-            QIsa::Vnni512 => false,
+            QIsa::Vnni512 | QIsa::Avx2 => false,
         }
     }
 
     pub fn available() -> Vec<QIsa> {
-        [QIsa::Portable, QIsa::Vnni512]
+        [QIsa::Portable, QIsa::Avx2, QIsa::Vnni512]
             .into_iter()
             .filter(|i| i.is_supported())
             .collect()
@@ -61,25 +68,39 @@ impl QIsa {
 
     /// The integer kernels that go with the float kernels' instruction set:
     /// VNNI when the float kernels run AVX-512 and the CPU has it, else
-    /// none (`None`: on such CPUs a quantized model keeps running its
-    /// float kernels, which beat portable integer code by far).
+    /// AVX2 when the float kernels run AVX2 or AVX-512, else none (`None`:
+    /// a quantized model keeps running its float kernels, which beat
+    /// portable integer code by far).
     pub fn for_float(isa: Isa) -> Option<QIsa> {
-        (isa == Isa::Avx512 && QIsa::Vnni512.is_supported()).then_some(QIsa::Vnni512)
+        match isa {
+            Isa::Avx512 if QIsa::Vnni512.is_supported() => Some(QIsa::Vnni512),
+            Isa::Avx512 | Isa::Avx2 if QIsa::Avx2.is_supported() => Some(QIsa::Avx2),
+            _ => None,
+        }
+    }
+
+    /// Columns per vector of the packed layout (i32 lanes of a register).
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            QIsa::Avx2 => 8,
+            QIsa::Portable | QIsa::Vnni512 => QLANES,
+        }
     }
 }
 
-/// Columns per vector of the packed layout (16 i32 lanes of a zmm).
+/// Columns per vector of the byte layout (16 i32 lanes of a zmm).
 pub(crate) const QLANES: usize = 16;
 
-/// One vertical strip of packed weights: `nv` vectors of 16 columns, run
-/// `mr` rows at a time.
+/// One vertical strip of packed weights: `nv` vectors of the instruction
+/// set's lanes of columns, run `mr` rows at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QPanel {
     pub n0: usize,
     pub cols: usize,
     pub nv: usize,
     pub mr: usize,
-    /// Byte offset of the panel: `k4 * nv * 16`.
+    /// Offset of the panel in its packed data: `k4 * nv * 16` bytes, or
+    /// (AVX2) `k2 * nv * 8` i16.
     pub offset: usize,
 }
 
@@ -106,11 +127,17 @@ pub struct PackedQGemm {
     k: usize,
     /// `k` rounded up to a multiple of 4 (the products go 4 at a time).
     k4: usize,
+    /// `k` rounded up to a multiple of 2 (AVX2: 2 at a time).
+    k2: usize,
     n: usize,
     panels: Vec<QPanel>,
     /// Panel by panel: groups of 4 rows (`k`), within a group the 16
-    /// columns of each vector, 4 bytes (the 4 rows) per column.
+    /// columns of each vector, 4 bytes (the 4 rows) per column. Empty for
+    /// AVX2.
     data: Vec<i8>,
+    /// AVX2 only: the same weights as i16, panel by panel in pairs of rows,
+    /// within a pair the 8 columns of each vector, 2 values per column.
+    wide: Vec<i16>,
     /// `-zx * sum_k q[k][n]`, padded to whole vectors.
     init: Vec<i32>,
     mul: AlignedVec,
@@ -130,11 +157,14 @@ impl std::fmt::Debug for PackedQGemm {
     }
 }
 
-fn plan_panels(isa: QIsa, n: usize, k4: usize) -> Vec<QPanel> {
-    let vectors = n.div_ceil(QLANES);
-    // (nv, mr): 24 accumulators of 32 zmm registers, as the f32 kernels.
+fn plan_panels(isa: QIsa, n: usize, kg: usize) -> Vec<QPanel> {
+    let l = isa.lanes();
+    let vectors = n.div_ceil(l);
+    // (nv, mr): 24 accumulators of 32 zmm registers (12 of 16 ymm), as the
+    // f32 kernels.
     let (wide, shapes): (usize, &[(usize, usize)]) = match isa {
         QIsa::Vnni512 => (3, &[(1, 12), (2, 12), (3, 8)]),
+        QIsa::Avx2 => (2, &[(1, 12), (2, 6)]),
         QIsa::Portable => (3, &[]),
     };
     let mut panels = Vec::new();
@@ -145,15 +175,15 @@ fn plan_panels(isa: QIsa, n: usize, k4: usize) -> Vec<QPanel> {
             .iter()
             .find(|(s, _)| *s == nv)
             .map_or(1, |(_, mr)| *mr);
-        let n0 = v * QLANES;
+        let n0 = v * l;
         panels.push(QPanel {
             n0,
-            cols: (n - n0).min(nv * QLANES),
+            cols: (n - n0).min(nv * l),
             nv,
             mr,
             offset,
         });
-        offset += k4 * nv * QLANES;
+        offset += kg * nv * l;
         v += nv;
     }
     panels
@@ -179,16 +209,28 @@ impl PackedQGemm {
             sw.len() == n && bias.len() == n,
             "scales or bias not {n} long"
         );
-        let k4 = k.div_ceil(4) * 4;
-        let panels = plan_panels(isa, n, k4);
-        let total: usize = panels.iter().map(|p| k4 * p.nv * QLANES).sum();
-        let mut data = vec![0i8; total];
+        let (k4, k2) = (k.div_ceil(4) * 4, k.div_ceil(2) * 2);
+        let (group, kg) = if isa == QIsa::Avx2 { (2, k2) } else { (4, k4) };
+        let panels = plan_panels(isa, n, kg);
+        let total: usize = panels.iter().map(|p| kg * p.nv * isa.lanes()).sum();
+        let (mut data, mut wide) = (Vec::new(), Vec::new());
+        if isa == QIsa::Avx2 {
+            wide = vec![0i16; total];
+        } else {
+            data = vec![0i8; total];
+        }
         for p in &panels {
-            let width = p.nv * QLANES;
+            let width = p.nv * isa.lanes();
             for kk in 0..k {
-                let (g, t) = (kk / 4, kk % 4);
+                let (g, t) = (kk / group, kk % group);
                 for j in 0..p.cols {
-                    data[p.offset + (g * width + j) * 4 + t] = q[kk * n + p.n0 + j];
+                    let at = p.offset + (g * width + j) * group + t;
+                    let v = q[kk * n + p.n0 + j];
+                    if isa == QIsa::Avx2 {
+                        wide[at] = v as i16;
+                    } else {
+                        data[at] = v;
+                    }
                 }
             }
         }
@@ -207,9 +249,11 @@ impl PackedQGemm {
             isa,
             k,
             k4,
+            k2,
             n,
             panels,
             data,
+            wide,
             init,
             mul,
             add,
@@ -230,6 +274,14 @@ impl PackedQGemm {
 
     pub(crate) fn k4(&self) -> usize {
         self.k4
+    }
+
+    pub(crate) fn k2(&self) -> usize {
+        self.k2
+    }
+
+    pub(crate) fn wide(&self) -> &[i16] {
+        &self.wide
     }
 
     pub(crate) fn panels(&self) -> &[QPanel] {
@@ -253,7 +305,11 @@ impl PackedQGemm {
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len() + 4 * self.init.len() + self.mul.bytes() + self.add.bytes()
+        self.data.len()
+            + 2 * self.wide.len()
+            + 4 * self.init.len()
+            + self.mul.bytes()
+            + self.add.bytes()
     }
 }
 
@@ -282,6 +338,9 @@ pub fn qgemm(w: &PackedQGemm, m: usize, a: &[u8], lda: usize, c: &mut [u8], ldc:
         // rows the kernel reads and writes (both checked above).
         #[cfg(target_arch = "x86_64")]
         QIsa::Vnni512 => unsafe { super::vnni::qgemm(w, m, a, lda, c, ldc) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        QIsa::Avx2 => unsafe { super::qavx2::qgemm(w, m, a, lda, c, ldc) },
         _ => portable_qgemm(w, m, a, lda, c, ldc),
     }
 }
@@ -327,6 +386,9 @@ pub fn dequantize(isa: QIsa, src: &[u8], q: QParams, dst: &mut [f32]) {
         // SAFETY: supported instruction set; equal lengths (checked above).
         #[cfg(target_arch = "x86_64")]
         QIsa::Vnni512 => unsafe { super::vnni::dequantize(src, q, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        QIsa::Avx2 => unsafe { super::qavx2::dequantize(src, q, dst) },
         _ => {
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = (s as i32 - q.zero) as f32 * q.scale;
@@ -344,6 +406,9 @@ pub fn quantize(isa: QIsa, src: &[f32], inv_scale: f32, zero: i32, dst: &mut [u8
         // SAFETY: supported instruction set; equal lengths (checked above).
         #[cfg(target_arch = "x86_64")]
         QIsa::Vnni512 => unsafe { super::vnni::quantize(src, inv_scale, zero, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        QIsa::Avx2 => unsafe { super::qavx2::quantize(src, inv_scale, zero, dst) },
         _ => {
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = quantize_one(s, inv_scale, zero);
