@@ -41,7 +41,16 @@ unsafe impl Vector for V256 {
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: Self, n: usize) {
-        unsafe { _mm256_maskstore_ps(p, mask(n), v.0) }
+        // `vmaskmovps` stores are microcoded on AMD (Zen 4: several cycles
+        // each), and the kernels' epilogues store whole vectors through
+        // this call: a plain store for those.
+        unsafe {
+            if n == 8 {
+                _mm256_storeu_ps(p, v.0)
+            } else {
+                _mm256_maskstore_ps(p, mask(n), v.0)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {

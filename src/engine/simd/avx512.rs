@@ -39,7 +39,13 @@ unsafe impl Vector for V512 {
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: Self, n: usize) {
-        unsafe { _mm512_mask_storeu_ps(p, mask(n), v.0) }
+        unsafe {
+            if n == 16 {
+                _mm512_storeu_ps(p, v.0)
+            } else {
+                _mm512_mask_storeu_ps(p, mask(n), v.0)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {

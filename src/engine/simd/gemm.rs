@@ -129,8 +129,13 @@ unsafe fn block<V: Vector, const MR: usize, const NV: usize>(
         // Short block: copy the rows (and residual rows) into MR-row buffers.
         let k = w.k;
         let width = p.cols;
-        scratch.clear();
-        scratch.resize(MR * k + 2 * MR * width, 0.0);
+        // Not cleared: the rows past `rows` only feed outputs that are
+        // discarded (zeroing it was a pass over `MR * k` floats per panel:
+        // for the classifier at batch 1, ~2 MB per image).
+        let need = MR * k + 2 * MR * width;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
         let (sa, rest) = scratch.split_at_mut(MR * k);
         let (sc, sr) = rest.split_at_mut(MR * width);
         for i in 0..rows {

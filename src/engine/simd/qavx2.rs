@@ -135,8 +135,9 @@ unsafe fn block<const MR: usize, const NV: usize>(
             return;
         }
         let width = p.cols;
-        scratch.clear();
-        scratch.resize(MR * width, 0);
+        if scratch.len() < MR * width {
+            scratch.resize(MR * width, 0);
+        }
         tile::<MR, NV>(
             k2,
             a,

@@ -107,8 +107,10 @@ unsafe fn block<const MR: usize, const NV: usize>(
             return;
         }
         let width = p.cols;
-        scratch.clear();
-        scratch.resize(MR * k4 + MR * width, 0);
+        // Not cleared: the rows past `rows` only feed discarded outputs.
+        if scratch.len() < MR * k4 + MR * width {
+            scratch.resize(MR * k4 + MR * width, 0);
+        }
         let (sa, sc) = scratch.split_at_mut(MR * k4);
         for i in 0..rows {
             std::ptr::copy_nonoverlapping(a.add(i * lda), sa.as_mut_ptr().add(i * k4), k4);
