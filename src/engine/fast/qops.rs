@@ -3,7 +3,8 @@
 //! convolutions between `QuantizeLinear` / `DequantizeLinear` pairs.
 //!
 //! - [`QPointwise`]: 1x1 convolution, u8 x s8 products summed in i32,
-//!   requantized to the next tensor's u8 (`simd::qgemm`).
+//!   requantized to the next tensor's u8 (`simd::qgemm`: AVX-512 VNNI or
+//!   AVX2).
 //! - [`QDepthwise`]: the f32 depthwise kernel on a few rows at a time,
 //!   dequantized into a small buffer and quantized back (the same f32
 //!   arithmetic as the float plan, with u8 in memory).
@@ -70,9 +71,10 @@ impl EvalOp for QPointwise {
         let mut y = simd::output_tensor(&shape, 0xA5u8)?;
         let a = x.try_as_plain_ram()?.as_slice::<u8>()?;
         let mut view = y.try_as_plain_ram_mut()?;
-        // Integer products run about four times the f32 rate: split as
-        // much work as a quarter of it would be.
-        let rows = par::ranges(m, par::parts(m * k * n / 4), 24);
+        // Integer products run about four times the f32 rate with VNNI,
+        // under twice without: split as much f32 work as that would be.
+        let speedup = if self.w.isa() == QIsa::Vnni512 { 4 } else { 2 };
+        let rows = par::ranges(m, par::parts(m * k * n / speedup), 24);
         par::for_rows(view.as_slice_mut::<u8>()?, n, rows, |r, c| {
             qgemm::qgemm(&self.w, r.len(), &a[r.start * k..], k, c, n)
         });

@@ -110,20 +110,31 @@ unsafe fn block<V: Vector, const MR: usize, const NV: usize>(
         // A macro, not a closure: closures do not inherit the caller's
         // target features, so the kernel would not be inlined into them.
         macro_rules! run {
-            ($a:expr, $lda:expr, $c:expr, $ldc:expr, $res:expr, $ldr:expr) => {
+            ($r:expr; $a:expr, $lda:expr, $c:expr, $ldc:expr, $res:expr, $ldr:expr) => {
                 if $res.is_null() {
-                    tile::<V, MR, NV, false>(
+                    tile::<V, $r, NV, false>(
                         w.k, $a, $lda, b, bias, $c, $ldc, p.cols, clamp, $res, $ldr,
                     )
                 } else {
-                    tile::<V, MR, NV, true>(
+                    tile::<V, $r, NV, true>(
                         w.k, $a, $lda, b, bias, $c, $ldc, p.cols, clamp, $res, $ldr,
                     )
                 }
             };
         }
         if rows == MR {
-            run!(a, lda, c, ldc, res, ldr);
+            run!(MR; a, lda, c, ldc, res, ldr);
+            return;
+        }
+        if rows <= 2 {
+            // One or two rows (the classifier at batch 1, the last row of a
+            // 7x7 map): one-row tiles in place. Their few accumulators wait
+            // on the FMA latency, but an MR-row tile on padded copies would
+            // do MR times the work.
+            for r in 0..rows {
+                let rr = if res.is_null() { res } else { res.add(r * ldr) };
+                run!(1; a.add(r * lda), lda, c.add(r * ldc), ldc, rr, ldr);
+            }
             return;
         }
         // Short block: copy the rows (and residual rows) into MR-row buffers.
@@ -153,7 +164,7 @@ unsafe fn block<V: Vector, const MR: usize, const NV: usize>(
         } else {
             sr.as_ptr()
         };
-        run!(sa.as_ptr(), k, sc.as_mut_ptr(), width, sres, width);
+        run!(MR; sa.as_ptr(), k, sc.as_mut_ptr(), width, sres, width);
         for i in 0..rows {
             std::ptr::copy_nonoverlapping(sc.as_ptr().add(i * width), c.add(i * ldc), width);
         }
