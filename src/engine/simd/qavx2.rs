@@ -8,8 +8,9 @@
 //!
 //! Micro-kernel: `MR` rows times `NV` vectors of 8 columns, the i32
 //! accumulators in registers for the whole `k` loop; per pair of rows of
-//! `k`, one 4-byte broadcast (two i16) per row of `a` and one 32-byte load
-//! per vector of weights. Rows of `a` are widened to i16 a chunk at a time
+//! `k`, one 4-byte broadcast (two i16) per row of `a` and one 16-byte load
+//! per vector of weights, sign-extended to i16 (the weights stay bytes in
+//! memory, as VNNI's). Rows of `a` are widened to i16 a chunk at a time
 //! (L2-resident while every panel passes over them). Epilogue as VNNI's:
 //! to f32, one FMA with the column's multiplier and offset, clamp to
 //! 0..255, round half to even, narrow to bytes.
@@ -49,7 +50,7 @@ unsafe fn store_bytes(dst: *mut u8, v: __m256i, lanes: usize) {
 
 /// # Safety
 /// `a` holds `MR` rows of `k2` i16 at stride `lda`; `b` a packed panel of
-/// `k2 * NV * 8` i16; `init`, `mul`, `add` `NV * 8` values; `c` `MR` rows
+/// `k2 * NV * 8` bytes; `init`, `mul`, `add` `NV * 8` values; `c` `MR` rows
 /// of `cols` bytes at stride `ldc`. avx2 and fma are enabled in the caller.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
@@ -57,7 +58,7 @@ unsafe fn tile<const MR: usize, const NV: usize>(
     k2: usize,
     a: *const i16,
     lda: usize,
-    b: *const i16,
+    b: *const i8,
     init: *const i32,
     mul: *const f32,
     add: *const f32,
@@ -78,7 +79,7 @@ unsafe fn tile<const MR: usize, const NV: usize>(
         while g < k2 {
             let mut bv = [_mm256_setzero_si256(); NV];
             for j in 0..NV {
-                bv[j] = _mm256_loadu_si256(bp.add(j * 2 * LANES).cast());
+                bv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(j * 2 * LANES).cast()));
             }
             for i in 0..MR {
                 let av = _mm256_set1_epi32(a.add(i * lda + g).cast::<i32>().read_unaligned());
@@ -126,7 +127,7 @@ unsafe fn block<const MR: usize, const NV: usize>(
 ) {
     unsafe {
         let k2 = w.k2();
-        let b = w.wide().as_ptr().add(p.offset);
+        let b = w.data().as_ptr().add(p.offset);
         let init = w.init().as_ptr().add(p.n0);
         let mul = w.mul().as_ptr().add(p.n0);
         let add = w.add().as_ptr().add(p.n0);

@@ -27,9 +27,9 @@ pub enum QIsa {
     Portable,
     /// AVX-512 with VNNI (`vpdpbusd`: 64 u8 x s8 products per instruction).
     Vnni512,
-    /// AVX2: weights and activations widened to i16, `vpmaddwd` (16
-    /// products per instruction, summed in pairs into i32: exact, where
-    /// `vpmaddubsw`'s u8 x s8 pairs saturate at i16).
+    /// AVX2: weights and activations widened to i16 in registers,
+    /// `vpmaddwd` (16 products per instruction, summed in pairs into i32:
+    /// exact, where `vpmaddubsw`'s u8 x s8 pairs saturate at i16).
     Avx2,
 }
 
@@ -99,8 +99,7 @@ pub(crate) struct QPanel {
     pub cols: usize,
     pub nv: usize,
     pub mr: usize,
-    /// Offset of the panel in its packed data: `k4 * nv * 16` bytes, or
-    /// (AVX2) `k2 * nv * 8` i16.
+    /// Byte offset of the panel: `k4 * nv * 16`, or (AVX2) `k2 * nv * 8`.
     pub offset: usize,
 }
 
@@ -132,12 +131,10 @@ pub struct PackedQGemm {
     n: usize,
     panels: Vec<QPanel>,
     /// Panel by panel: groups of 4 rows (`k`), within a group the 16
-    /// columns of each vector, 4 bytes (the 4 rows) per column. Empty for
-    /// AVX2.
+    /// columns of each vector, 4 bytes (the 4 rows) per column; for AVX2
+    /// pairs of rows, within a pair the 8 columns of each vector, 2 bytes
+    /// per column.
     data: Vec<i8>,
-    /// AVX2 only: the same weights as i16, panel by panel in pairs of rows,
-    /// within a pair the 8 columns of each vector, 2 values per column.
-    wide: Vec<i16>,
     /// `-zx * sum_k q[k][n]`, padded to whole vectors.
     init: Vec<i32>,
     mul: AlignedVec,
@@ -213,24 +210,13 @@ impl PackedQGemm {
         let (group, kg) = if isa == QIsa::Avx2 { (2, k2) } else { (4, k4) };
         let panels = plan_panels(isa, n, kg);
         let total: usize = panels.iter().map(|p| kg * p.nv * isa.lanes()).sum();
-        let (mut data, mut wide) = (Vec::new(), Vec::new());
-        if isa == QIsa::Avx2 {
-            wide = vec![0i16; total];
-        } else {
-            data = vec![0i8; total];
-        }
+        let mut data = vec![0i8; total];
         for p in &panels {
             let width = p.nv * isa.lanes();
             for kk in 0..k {
                 let (g, t) = (kk / group, kk % group);
                 for j in 0..p.cols {
-                    let at = p.offset + (g * width + j) * group + t;
-                    let v = q[kk * n + p.n0 + j];
-                    if isa == QIsa::Avx2 {
-                        wide[at] = v as i16;
-                    } else {
-                        data[at] = v;
-                    }
+                    data[p.offset + (g * width + j) * group + t] = q[kk * n + p.n0 + j];
                 }
             }
         }
@@ -253,7 +239,6 @@ impl PackedQGemm {
             n,
             panels,
             data,
-            wide,
             init,
             mul,
             add,
@@ -280,10 +265,6 @@ impl PackedQGemm {
         self.k2
     }
 
-    pub(crate) fn wide(&self) -> &[i16] {
-        &self.wide
-    }
-
     pub(crate) fn panels(&self) -> &[QPanel] {
         &self.panels
     }
@@ -305,11 +286,7 @@ impl PackedQGemm {
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len()
-            + 2 * self.wide.len()
-            + 4 * self.init.len()
-            + self.mul.bytes()
-            + self.add.bytes()
+        self.data.len() + 4 * self.init.len() + self.mul.bytes() + self.add.bytes()
     }
 }
 
