@@ -126,7 +126,7 @@ unsafe fn block<const MR: usize, const NV: usize>(
     scratch: &mut Vec<u8>,
 ) {
     unsafe {
-        let k2 = w.k2();
+        let k2 = w.kg();
         let b = w.data().as_ptr().add(p.offset);
         let init = w.init().as_ptr().add(p.n0);
         let mul = w.mul().as_ptr().add(p.n0);
@@ -170,7 +170,7 @@ pub(crate) unsafe fn qgemm(
     ldc: usize,
 ) {
     unsafe {
-        let (k, k2) = (w.k(), w.k2());
+        let (k, k2) = (w.k(), w.kg());
         let max_mr = w.panels().iter().map(|p| p.mr).max().unwrap_or(1);
         let chunk = (CHUNK_BYTES / (2 * k2).max(1) / 12 * 12).max(12);
         // The chunk's rows widened to i16, zero-padded to `k2` and by

@@ -124,10 +124,9 @@ pub struct QOut {
 pub struct PackedQGemm {
     isa: QIsa,
     k: usize,
-    /// `k` rounded up to a multiple of 4 (the products go 4 at a time).
-    k4: usize,
-    /// `k` rounded up to a multiple of 2 (AVX2: 2 at a time).
-    k2: usize,
+    /// `k` rounded up to the instruction set's group of rows: 4 (the
+    /// products go 4 at a time), AVX2 2.
+    kg: usize,
     n: usize,
     panels: Vec<QPanel>,
     /// Panel by panel: groups of 4 rows (`k`), within a group the 16
@@ -206,8 +205,8 @@ impl PackedQGemm {
             sw.len() == n && bias.len() == n,
             "scales or bias not {n} long"
         );
-        let (k4, k2) = (k.div_ceil(4) * 4, k.div_ceil(2) * 2);
-        let (group, kg) = if isa == QIsa::Avx2 { (2, k2) } else { (4, k4) };
+        let group = if isa == QIsa::Avx2 { 2 } else { 4 };
+        let kg = k.div_ceil(group) * group;
         let panels = plan_panels(isa, n, kg);
         let total: usize = panels.iter().map(|p| kg * p.nv * isa.lanes()).sum();
         let mut data = vec![0i8; total];
@@ -234,8 +233,7 @@ impl PackedQGemm {
         PackedQGemm {
             isa,
             k,
-            k4,
-            k2,
+            kg,
             n,
             panels,
             data,
@@ -257,12 +255,9 @@ impl PackedQGemm {
         self.n
     }
 
-    pub(crate) fn k4(&self) -> usize {
-        self.k4
-    }
-
-    pub(crate) fn k2(&self) -> usize {
-        self.k2
+    /// `k` rounded up to the instruction set's group of rows.
+    pub(crate) fn kg(&self) -> usize {
+        self.kg
     }
 
     pub(crate) fn panels(&self) -> &[QPanel] {
@@ -340,7 +335,7 @@ fn portable_qgemm(w: &PackedQGemm, m: usize, a: &[u8], lda: usize, c: &mut [u8],
         let row = &a[i * lda..i * lda + k];
         for p in &w.panels {
             let width = p.nv * QLANES;
-            let data = &w.data[p.offset..p.offset + w.k4 * width];
+            let data = &w.data[p.offset..p.offset + w.kg * width];
             for (kk, &x) in row.iter().enumerate() {
                 let (g, t) = (kk / 4, kk % 4);
                 for j in 0..p.cols {

@@ -97,7 +97,7 @@ unsafe fn block<const MR: usize, const NV: usize>(
     scratch: &mut Vec<u8>,
 ) {
     unsafe {
-        let k4 = w.k4();
+        let k4 = w.kg();
         let b = w.data().as_ptr().add(p.offset);
         let init = w.init().as_ptr().add(p.n0);
         let mul = w.mul().as_ptr().add(p.n0);
@@ -146,7 +146,7 @@ pub(crate) unsafe fn qgemm(
     ldc: usize,
 ) {
     unsafe {
-        let (k, k4) = (w.k(), w.k4());
+        let (k, k4) = (w.k(), w.kg());
         let max_mr = w.panels().iter().map(|p| p.mr).max().unwrap_or(1);
         let chunk = (CHUNK_BYTES / k4.max(1) / 24 * 24).max(24.max(max_mr));
         let mut scratch = Vec::new();
