@@ -5,9 +5,11 @@
 #            (plus an f32-weight twin of each int8-weight file, which onnxruntime cannot fold);
 #   servers  the same open-loop `loadtest` sweep against slimserve (pinned variant, X-SLA-Ms)
 #            and against a FastAPI + uvicorn (--workers 2) + onnxruntime server
-#            (ort_server.py), one after the other, merged into one load-test report.
+#            (ort_server.py), one after the other, merged into one load-test report;
+#   cpu      each server alone at a rate both answer in full: its CPU time (process and
+#            children) per answered request, and the throughput that bounds on these cores.
 #
-#   loadtest/peers/run.sh [engines|servers|all]          (default: all)
+#   loadtest/peers/run.sh [engines|servers|cpu|all]      (default: all)
 #
 # Python packages (requirements.txt) go into a venv outside the repository: $PEERS_VENV, by
 # default ../peers-venv beside the checkout. Everything is a parameter (environment):
@@ -18,7 +20,9 @@
 #            (models/testdata), TIMEOUT (10s), SEED (1), SLIMSERVE_ARGS (--batch-sizes 1,2,4),
 #            PEER_WORKERS (2), SLIMSERVE_PORT (18190), PEER_PORT (18192), PRIME_REQUESTS (0:
 #            requests sent to slimserve after its warm-up, before the sweep; see start_slimserve)
-#   OUT (loadtest/peers/report): engines.txt/.json, agreement.txt, servers.txt and the report
+#   cpu: CPU_RATE (60), CPU_DURATION (20s); VARIANT, IMAGES, SEED, TIMEOUT as for servers
+#   OUT (loadtest/peers/report): engines.txt/.json, agreement.txt, servers.txt, cpu.txt and the
+#   report
 # Not a CI test: it takes ~10 min per part on 2 cores and its figures are only comparable
 # within one run on one machine.
 set -euo pipefail
@@ -26,7 +30,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PART=${1:-all}
-case "$PART" in engines | servers | all) ;; *) echo "usage: $0 [engines|servers|all]" >&2; exit 2 ;; esac
+case "$PART" in engines | servers | cpu | all) ;; *) echo "usage: $0 [engines|servers|cpu|all]" >&2; exit 2 ;; esac
 
 VENV=${PEERS_VENV:-$REPO/../peers-venv}
 OUT=${OUT:-$REPO/loadtest/peers/report}
@@ -48,6 +52,8 @@ PEER_WORKERS=${PEER_WORKERS:-2}
 PRIME_REQUESTS=${PRIME_REQUESTS:-0}
 SLIMSERVE_PORT=${SLIMSERVE_PORT:-18190}
 PEER_PORT=${PEER_PORT:-18192}
+CPU_RATE=${CPU_RATE:-60}
+CPU_DURATION=${CPU_DURATION:-20s}
 SLIMSERVE_LABEL=slimserve
 PEER_LABEL=fastapi-ort
 
@@ -129,7 +135,9 @@ wait_ready() {
     exit 1
 }
 
+# start_slimserve [file the warm-up lines are appended to (default servers.txt)]
 start_slimserve() {
+    local log=${1:-$OUT/servers.txt}
     # shellcheck disable=SC2086 # SLIMSERVE_ARGS is a list of flags
     "$SLIMSERVE_BIN" serve --models "$REPO/models" --variants "$VARIANT" \
         --http-addr "127.0.0.1:$SLIMSERVE_PORT" --grpc-addr "127.0.0.1:$((SLIMSERVE_PORT + 1))" \
@@ -139,7 +147,7 @@ start_slimserve() {
     wait_ready "http://127.0.0.1:$SLIMSERVE_PORT" "$SLIM_PID"
     # the warm-up's latency prediction decides what it admits at a budget: show it
     sed 's/\x1b\[[0-9;]*m//g' "$SCRATCH/slimserve.log" | grep -E ' (warmed|ready) ' |
-        sed 's/^.*INFO /slimserve warm-up: /' | tee -a "$OUT/servers.txt"
+        sed 's/^.*INFO /slimserve warm-up: /' | tee -a "$log"
     # The warm-up seeds the latency model that admission uses; only executions update it. On a
     # machine busier during the warm-up than during the sweep, the prediction can exceed the
     # budget and every request of the sweep is refused (503 budget_unmeetable) without ever
@@ -154,7 +162,7 @@ start_slimserve() {
                 -H 'content-type: application/octet-stream' "http://127.0.0.1:$SLIMSERVE_PORT/classify" || true
         done
         echo "slimserve: primed with $PRIME_REQUESTS sequential requests at the default budget" |
-            tee -a "$OUT/servers.txt"
+            tee -a "$log"
     fi
 }
 
@@ -192,7 +200,33 @@ sweep() {
         tee -a "$OUT/servers.txt"
 }
 
-if [ "$PART" != servers ]; then
+# CPU time per answered request: the server alone at CPU_RATE req/s (no warm-up: every request
+# sent is counted), its ticks (process and children) from idle before the run to idle after it,
+# over the requests answered 200. Prints "label ms" into $SCRATCH/cpu.list.
+cpu_cost() {
+    local label=$1 url=$2 pid=$3 extra=$4 a b
+    wait_idle "$pid"
+    a=$(tree_ticks "$pid")
+    # shellcheck disable=SC2086 # extra is a list of flags
+    "$LOADTEST_BIN" --target "$url" --label "$label" --scenario "pinned:$VARIANT" \
+        --sla-ms "$SLA_MS" --rates "$CPU_RATE" --duration "$CPU_DURATION" --warmup 0s \
+        --cooldown 0s --timeout "$TIMEOUT" --seed "$SEED" --images "$IMAGES" \
+        --out "$SCRATCH/$label-cpu" $extra 2>"$SCRATCH/$label-cpu.log" ||
+        { cat "$SCRATCH/$label-cpu.log" >&2; exit 1; }
+    wait_idle "$pid"
+    b=$(tree_ticks "$pid")
+    "$PY" - "$SCRATCH/$label-cpu/results.json" "$label" "$((b - a))" "$(getconf CLK_TCK)" \
+        "$(nproc)" <<'PYEOF' >>"$SCRATCH/cpu.list"
+import json, sys
+results, label, ticks, hz, cores = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+step = json.load(open(results))["steps"][0]
+ok = step["ok"]
+ms = ticks / hz * 1e3 / max(ok, 1)
+print(f"{label} {ms:.2f} {ok} {step['sent']} {step['latency_ms']['p50']:.1f} {cores * 1e3 / ms:.0f}")
+PYEOF
+}
+
+if [ "$PART" = engines ] || [ "$PART" = all ]; then
     echo "== engines: slimserve bench vs onnxruntime, 1 thread"
     args=(--slimserve "$SLIMSERVE_BIN" --models "$REPO/models" --batches "$BATCHES"
         --rounds "$ROUNDS" --seconds "$CELL_SECONDS" --twin-dir "$SCRATCH/twins"
@@ -203,7 +237,7 @@ if [ "$PART" != servers ]; then
     (cd "$HERE" && "$PY" bench_engines.py "${args[@]}") | tee "$OUT/engines.txt"
 fi
 
-if [ "$PART" != engines ]; then
+if [ "$PART" = servers ] || [ "$PART" = all ]; then
     {
         echo "== servers: the same open-loop sweep, slimserve then the FastAPI + onnxruntime peer"
         echo "CPU: $(cd "$HERE" && "$PY" -c 'import peerlib; print(peerlib.cpu_line())')"
@@ -229,4 +263,25 @@ if [ "$PART" != engines ]; then
         { cat "$SCRATCH/merge.log" >&2; exit 1; }
     sed -n '/^### Servers side by side/,/^### Every step/p' "$OUT/summary.md" | sed '$d' | tee -a "$OUT/servers.txt"
     echo "report: $OUT/report.html"
+fi
+
+if [ "$PART" = cpu ] || [ "$PART" = all ]; then
+    {
+        echo "== cpu: CPU time per answered request, each server alone at $CPU_RATE req/s for $CPU_DURATION"
+        echo "CPU: $(cd "$HERE" && "$PY" -c 'import peerlib; print(peerlib.cpu_line())')"
+        echo "variant $VARIANT, images from $IMAGES (raw bodies), Poisson, seed $SEED, no warm-up"
+    } | tee "$OUT/cpu.txt"
+    : >"$SCRATCH/cpu.list"
+    start_slimserve "$OUT/cpu.txt"
+    cpu_cost "$SLIMSERVE_LABEL" "http://127.0.0.1:$SLIMSERVE_PORT" "$SLIM_PID" ""
+    stop "$SLIM_PID"
+    start_peer
+    cpu_cost "$PEER_LABEL" "http://127.0.0.1:$PEER_PORT" "$PEER_PID" "--no-server-api"
+    stop "$PEER_PID"
+    # Both servers do the same work per request (decode, resize, the same model): at equal
+    # utilisation of the same cores, the ratio of their CPU per request bounds the ratio of the
+    # rates they can sustain.
+    awk '{ printf "%-12s %6.2f ms CPU per answered request (%d answered of %d sent, p50 %s ms): at most %d req/s on these cores\n", $1, $2, $3, $4, $5, $6; ms[NR] = $2; n[NR] = $1 }
+        END { if (NR == 2) printf "%s ÷ %s CPU per request: %.2f (the most %s can sustain ÷ the most %s can, at equal utilisation)\n", n[2], n[1], ms[2] / ms[1], n[1], n[2] }' \
+        "$SCRATCH/cpu.list" | tee -a "$OUT/cpu.txt"
 fi
