@@ -20,7 +20,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Run every plan `runs` times on `workers` threads at once (the load the
-/// server will put on them), dropping the first run, to seed the model.
+/// server will put on them), after one untimed run each, to seed the model.
+/// A variant's batch sizes take turns, one run each per round, the order
+/// reversed every other round: a slow spell of the machine then falls on
+/// every size alike instead of on one size's block of runs, whose median it
+/// would shift, and the batch payoff (batch b's time per image against
+/// batch 1's) compares plans measured under the same conditions.
 pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel {
     let sizes: Vec<Vec<usize>> = (0..engine.num_variants())
         .map(|v| engine.batch_sizes(v))
@@ -28,8 +33,21 @@ pub fn warm_up(engine: &dyn Engine, workers: usize, runs: usize) -> LatencyModel
     let mut model = LatencyModel::new(&sizes);
     for (v, vs) in sizes.iter().enumerate() {
         for &b in vs {
-            let times = timed_runs(engine, v, b, workers, true, &|n| n < runs.max(1));
-            model.seed(v, b, &times);
+            timed_runs(engine, v, b, workers, true, &|_| false);
+        }
+        let mut times = vec![Vec::new(); vs.len()];
+        for round in 0..runs.max(1) {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..vs.len()).collect()
+            } else {
+                (0..vs.len()).rev().collect()
+            };
+            for i in order {
+                times[i].extend(timed_runs(engine, v, vs[i], workers, false, &|n| n < 1));
+            }
+        }
+        for (&b, t) in vs.iter().zip(&times) {
+            model.seed(v, b, t);
         }
     }
     model
@@ -386,4 +404,39 @@ pub fn healthcheck(addr: std::net::SocketAddr, timeout: Duration) -> Result<()> 
         head.lines().next().unwrap_or("no answer")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{FakeEngine, FakeVariant};
+
+    fn engine(fixed_ms: u64, per_image_ms: u64) -> FakeEngine {
+        FakeEngine::new(vec![FakeVariant {
+            sizes: vec![1, 2],
+            fixed: Duration::from_millis(fixed_ms),
+            per_image: Duration::from_millis(per_image_ms),
+            class: 0,
+        }])
+    }
+
+    #[test]
+    fn a_slow_spell_during_the_warm_up_does_not_make_batching_look_cheap() {
+        // Batch 2 costs exactly twice batch 1: it does not pay. The machine
+        // is three times slower for three runs in a row, just after each
+        // plan's untimed run: timed in blocks, all three would be batch 1's
+        // and its median would triple; taking turns, each size gets some.
+        let e = engine(0, 2);
+        e.slow_spell(2..5, 3);
+        let mut m = warm_up(&e, 1, 6);
+        m.freeze_payoff();
+        assert_eq!(m.paying_sizes(0), vec![1], "calls {:?}", e.calls());
+        assert_eq!(e.calls().len(), 2 + 2 * 6);
+        // A plan that does pay is still found under the same spell.
+        let e = engine(4, 1);
+        e.slow_spell(2..5, 3);
+        let mut m = warm_up(&e, 1, 6);
+        m.freeze_payoff();
+        assert_eq!(m.paying_sizes(0), vec![1, 2]);
+    }
 }

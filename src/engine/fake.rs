@@ -29,6 +29,9 @@ pub struct FakeEngine {
     pub calls: Mutex<Vec<(usize, usize)>>,
     /// The next `n` calls fail this way.
     faults: Mutex<Option<(FakeFault, usize)>>,
+    /// Calls (by index in `calls`) that take `factor` times as long: a slow
+    /// spell of the machine.
+    slow: Mutex<Option<(std::ops::Range<usize>, u32)>>,
 }
 
 impl FakeEngine {
@@ -38,7 +41,14 @@ impl FakeEngine {
             classes: 10,
             calls: Mutex::new(vec![]),
             faults: Mutex::new(None),
+            slow: Mutex::new(None),
         }
+    }
+
+    /// Make the calls numbered `calls` (0 = the first call ever made) take
+    /// `factor` times their cost.
+    pub fn slow_spell(&self, calls: std::ops::Range<usize>, factor: u32) {
+        *self.slow.lock().unwrap() = Some((calls, factor));
     }
 
     /// Make the next `calls` calls panic or fail (`usize::MAX`: all of them).
@@ -74,7 +84,15 @@ impl Engine for FakeEngine {
         if !fv.sizes.contains(&batch) || input.is_empty() || !input.len().is_multiple_of(batch) {
             bail!("fake engine: bad batch {batch} for {} floats", input.len());
         }
-        self.calls.lock().unwrap().push((v, batch));
+        let index = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((v, batch));
+            calls.len() - 1
+        };
+        let factor = match &*self.slow.lock().unwrap() {
+            Some((r, f)) if r.contains(&index) => *f,
+            _ => 1,
+        };
         let fault = {
             let mut f = self.faults.lock().unwrap();
             let now = f.map(|(k, _)| k);
@@ -86,7 +104,7 @@ impl Engine for FakeEngine {
             Some(FakeFault::Error) => bail!("fake engine: injected error"),
             None => {}
         }
-        std::thread::sleep(fv.fixed + fv.per_image * batch as u32);
+        std::thread::sleep((fv.fixed + fv.per_image * batch as u32) * factor);
         let mut out = vec![0.0; batch * self.classes];
         for row in out.chunks_mut(self.classes) {
             row[fv.class % self.classes] = 10.0;
