@@ -2,9 +2,11 @@
 //! channel-last image. Channels are the vector lanes, so every stride is as
 //! fast as stride 1 (no scalar path). Output pixels whose whole window is
 //! inside the image run in blocks of `P` pixels with the taps unrolled (for
-//! 3- and 5-wide kernels at strides 1 and 2); the border pixels, and other
-//! kernel shapes, run one pixel at a time over their valid taps. Bias and the
-//! clamp are applied before the one store.
+//! 3- and 5-wide kernels at strides 1 and 2); the border pixels, interior
+//! columns left over from those blocks, and other kernel shapes run one
+//! pixel at a time over their valid taps, up to eight channel vectors at
+//! once (independent accumulators). Bias and the clamp are applied before
+//! the one store.
 
 use super::{Clamp, DwGeometry, PackedDepthwise, Vector};
 
@@ -56,6 +58,99 @@ unsafe fn pixel<V: Vector>(
             V::store(op, v);
         } else {
             V::store_partial(op, v, tail);
+        }
+    }
+}
+
+/// One output pixel over its valid taps for `NB` whole channel vectors from
+/// `ch` at once: `NB` independent accumulators, so the FMAs of one pixel
+/// overlap instead of waiting on each other (a single accumulator runs at
+/// the FMA latency: the border pixels, and every pixel of a 7x7 map with a
+/// 5x5 kernel). Each output still sums its taps in `pixel`'s order.
+///
+/// # Safety
+/// As `pixel`, with `ch + NB * LANES <= c`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn pixel_vectors<V: Vector, const NB: usize>(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: *const f32,
+    out: *mut f32,
+    oy: usize,
+    ox: usize,
+    ch: usize,
+    lo: V,
+    hi: V,
+) {
+    unsafe {
+        let taps = w.taps.as_slice().as_ptr();
+        let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
+        let ix0 = (ox * g.stride) as isize - g.pad_left as isize;
+        let ky0 = (-iy0).max(0) as usize;
+        let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
+        let kx0 = (-ix0).max(0) as usize;
+        let kx1 = ((g.w as isize - ix0).min(g.kw as isize)).max(0) as usize;
+        let bias = w.bias.as_slice().as_ptr().add(ch);
+        let mut acc = [V::zero(); NB];
+        for b in 0..NB {
+            acc[b] = V::load(bias.add(b * V::LANES));
+        }
+        for ky in ky0..ky1 {
+            let iy = (iy0 + ky as isize) as usize;
+            for kx in kx0..kx1 {
+                let ix = (ix0 + kx as isize) as usize;
+                let ip = input.add((iy * g.w + ix) * g.c + ch);
+                let tp = taps.add((ky * g.kw + kx) * w.cp + ch);
+                for b in 0..NB {
+                    let o = b * V::LANES;
+                    acc[b] = V::fma(V::load(ip.add(o)), V::load(tp.add(o)), acc[b]);
+                }
+            }
+        }
+        let op = out.add((oy * g.ow + ox) * g.c + ch);
+        for b in 0..NB {
+            V::store(op.add(b * V::LANES), V::min(V::max(acc[b], lo), hi));
+        }
+    }
+}
+
+/// Every channel of one output pixel, whatever its window: whole vectors
+/// eight, then four, then one at a time, and the partial tail vector.
+///
+/// # Safety
+/// As `pixel`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pixel_all<V: Vector>(
+    w: &PackedDepthwise,
+    g: &DwGeometry,
+    input: *const f32,
+    out: *mut f32,
+    oy: usize,
+    ox: usize,
+    clamp: Clamp,
+    lo: V,
+    hi: V,
+) {
+    unsafe {
+        let full = g.c / V::LANES * V::LANES;
+        let mut ch = 0;
+        while ch + 8 * V::LANES <= full {
+            pixel_vectors::<V, 8>(w, g, input, out, oy, ox, ch, lo, hi);
+            ch += 8 * V::LANES;
+        }
+        if ch + 4 * V::LANES <= full {
+            pixel_vectors::<V, 4>(w, g, input, out, oy, ox, ch, lo, hi);
+            ch += 4 * V::LANES;
+        }
+        while ch < full {
+            pixel_vectors::<V, 1>(w, g, input, out, oy, ox, ch, lo, hi);
+            ch += V::LANES;
+        }
+        if full < g.c {
+            pixel::<V>(w, g, input, out, oy, ox, full, g.c - full, clamp);
         }
     }
 }
@@ -176,18 +271,11 @@ pub(super) unsafe fn depthwise<V: Vector>(
                 } else if unrolled && ox >= x0 && ox + 4 <= x1 {
                     block!(oy, ox, ky0, ky1, 4);
                     ox += 4;
-                } else if unrolled && ox >= x0 && ox < x1 {
-                    block!(oy, ox, ky0, ky1, 1);
-                    ox += 1;
                 } else {
-                    let mut ch = 0;
-                    while ch < full {
-                        pixel::<V>(w, &g, ip, op, oy, ox, ch, 0, clamp);
-                        ch += V::LANES;
-                    }
-                    if tail > 0 {
-                        pixel::<V>(w, &g, ip, op, oy, ox, full, tail, clamp);
-                    }
+                    // A lone pixel (border, a kernel shape without an
+                    // unrolled block, or an interior column left over):
+                    // its channel vectors in parallel.
+                    pixel_all::<V>(w, &g, ip, op, oy, ox, clamp, lo, hi);
                     ox += 1;
                 }
             }
