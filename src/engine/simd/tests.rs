@@ -96,11 +96,15 @@ fn depthwise_matches_the_naive_convolution_on_every_isa() {
             kh
         };
         let stride = 1 + r.below(3).min(1) + usize::from(r.below(8) == 0);
-        let (h, w) = (1 + r.below(20), 1 + r.below(20));
+        let (mut h, mut w) = (1 + r.below(20), 1 + r.below(20));
         // Up to 300 channels now and then: a border pixel runs eight, four
         // and single channel vectors (128 channels for eight on AVX-512).
         let most = if r.below(4) == 0 { 300 } else { 70 };
-        let c = 1 + r.below(most);
+        let mut c = 1 + r.below(most);
+        if r.below(16) == 0 {
+            // A map over 1 MiB: all channels at each pixel, not in groups.
+            (h, w, c) = (64 + r.below(20), 64 + r.below(20), 70 + r.below(30));
+        }
         let (pad_top, pad_left) = (r.below(kh), r.below(kw));
         let (pad_bottom, pad_right) = (r.below(kh), r.below(kw));
         if h + pad_top + pad_bottom < kh || w + pad_left + pad_right < kw {
