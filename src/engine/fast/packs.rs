@@ -50,6 +50,7 @@ pub struct Packs {
 impl Packs {
     /// The packed `k x n` matrix (`w` row-major, `k` rows) with its bias.
     pub fn gemm(&self, isa: Isa, w: &[f32], k: usize, n: usize, bias: &[f32]) -> Arc<PackedGemm> {
+        let isa = isa.for_gemm(k);
         let key = Key {
             isa,
             shape: Shape::Gemm(k, n),

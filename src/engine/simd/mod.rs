@@ -23,6 +23,9 @@ mod vnni;
 
 use std::sync::OnceLock;
 
+/// Inner dimensions up to which AVX-512 products run on AVX2 (`Isa::for_gemm`).
+const SHORT_K: usize = 16;
+
 /// The instruction set a kernel runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +54,23 @@ impl Isa {
             Isa::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
+        }
+    }
+
+    /// The instruction set a matrix product with inner dimension `k` runs
+    /// on: AVX-512 hands products with `k <= SHORT_K` to the AVX2 kernel
+    /// when the CPU has both. Per-op profiles of full at batch 1 on the
+    /// AVX-512 machine (Zen 4, which runs 512-bit operations in two halves),
+    /// three alternating runs, AVX-512 → AVX2: the 112x112 expand (k = 16,
+    /// n = 96) 0.62-0.63 → 0.41-0.44 ms; the 56x56 expands (k = 24) 0.21
+    /// either way; the stem (k = 27) 0.41-0.44 → 0.40-0.42; the 112x112
+    /// project (k = 32, n = 16) 0.116 → 0.123-0.125. Not explained (the
+    /// AVX-512 tile is 8 rows x 48 columns there, the AVX2 one 6 x 16).
+    pub fn for_gemm(self, k: usize) -> Isa {
+        if self == Isa::Avx512 && k <= SHORT_K && Isa::Avx2.is_supported() {
+            Isa::Avx2
+        } else {
+            self
         }
     }
 
