@@ -116,12 +116,12 @@ unsafe fn pixel_vectors<V: Vector, const NB: usize>(
     }
 }
 
-/// The channels `ch.0..ch.1` (whole vectors) of one output pixel, whatever
-/// its window: eight vectors, then four, then one at a time; with `last`,
-/// also the partial tail vector past them.
+/// The channels `c..end` (whole vectors) of one output pixel, whatever its
+/// window: eight vectors, then four, then one at a time; with `last`, also
+/// the partial tail vector past them.
 ///
 /// # Safety
-/// As `pixel`, with `ch.1 <= c` a multiple of `LANES`.
+/// As `pixel`, with `end <= g.c` and `end - c` a multiple of `LANES`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pixel_all<V: Vector>(
