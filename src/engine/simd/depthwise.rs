@@ -10,15 +10,25 @@
 
 use super::{Clamp, DwGeometry, PackedDepthwise, Vector};
 
-/// One output pixel over the taps `kx0..kx1` of the rows `ky0..ky1`, for the
-/// channel vector at `ch`.
+/// Along one axis, output position `o`'s window: the input position of its
+/// first tap (negative in the padding) and the taps `k0..k1` that fall
+/// inside the `size` input positions.
+#[inline(always)]
+fn span(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, usize, usize) {
+    let i0 = (o * stride) as isize - pad as isize;
+    let k0 = (-i0).max(0) as usize;
+    let k1 = ((size as isize - i0).min(k as isize)).max(0) as usize;
+    (i0, k0, k1)
+}
+
+/// The partial last channel vector (`tail` channels from `ch`) of one
+/// output pixel, over its valid taps.
 ///
 /// # Safety
-/// The window rows/columns are inside the image; `ch + n <= c` where `n` is
-/// `V::LANES` or the tail length.
+/// `ch + tail == c`, `0 < tail < LANES`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pixel<V: Vector>(
+unsafe fn pixel_tail<V: Vector>(
     w: &PackedDepthwise,
     g: &DwGeometry,
     input: *const f32,
@@ -31,34 +41,20 @@ unsafe fn pixel<V: Vector>(
 ) {
     unsafe {
         let taps = w.taps.as_slice().as_ptr();
-        let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
-        let ix0 = (ox * g.stride) as isize - g.pad_left as isize;
-        let ky0 = (-iy0).max(0) as usize;
-        let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
-        let kx0 = (-ix0).max(0) as usize;
-        let kx1 = ((g.w as isize - ix0).min(g.kw as isize)).max(0) as usize;
+        let (iy0, ky0, ky1) = span(oy, g.stride, g.pad_top, g.h, g.kh);
+        let (ix0, kx0, kx1) = span(ox, g.stride, g.pad_left, g.w, g.kw);
         let mut acc = V::load(w.bias.as_slice().as_ptr().add(ch));
         for ky in ky0..ky1 {
             let iy = (iy0 + ky as isize) as usize;
             for kx in kx0..kx1 {
                 let ix = (ix0 + kx as isize) as usize;
-                let ip = input.add((iy * g.w + ix) * g.c + ch);
-                let x = if tail == 0 {
-                    V::load(ip)
-                } else {
-                    V::load_partial(ip, tail)
-                };
+                let x = V::load_partial(input.add((iy * g.w + ix) * g.c + ch), tail);
                 let t = V::load(taps.add((ky * g.kw + kx) * w.cp + ch));
                 acc = V::fma(x, t, acc);
             }
         }
         let v = V::min(V::max(acc, V::splat(clamp.lo)), V::splat(clamp.hi));
-        let op = out.add((oy * g.ow + ox) * g.c + ch);
-        if tail == 0 {
-            V::store(op, v);
-        } else {
-            V::store_partial(op, v, tail);
-        }
+        V::store_partial(out.add((oy * g.ow + ox) * g.c + ch), v, tail);
     }
 }
 
@@ -66,10 +62,11 @@ unsafe fn pixel<V: Vector>(
 /// `ch` at once: `NB` independent accumulators, so the FMAs of one pixel
 /// overlap instead of waiting on each other (a single accumulator runs at
 /// the FMA latency: the border pixels, and every pixel of a 7x7 map with a
-/// 5x5 kernel). Each output still sums its taps in `pixel`'s order.
+/// 5x5 kernel). Each output sums its taps in the same order as `pixel_tail`.
 ///
 /// # Safety
-/// As `pixel`, with `ch + NB * LANES <= c`.
+/// The window rows/columns `span` gives are inside the image;
+/// `ch + NB * LANES <= c`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::needless_range_loop)]
@@ -86,12 +83,8 @@ unsafe fn pixel_vectors<V: Vector, const NB: usize>(
 ) {
     unsafe {
         let taps = w.taps.as_slice().as_ptr();
-        let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
-        let ix0 = (ox * g.stride) as isize - g.pad_left as isize;
-        let ky0 = (-iy0).max(0) as usize;
-        let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
-        let kx0 = (-ix0).max(0) as usize;
-        let kx1 = ((g.w as isize - ix0).min(g.kw as isize)).max(0) as usize;
+        let (iy0, ky0, ky1) = span(oy, g.stride, g.pad_top, g.h, g.kh);
+        let (ix0, kx0, kx1) = span(ox, g.stride, g.pad_left, g.w, g.kw);
         let bias = w.bias.as_slice().as_ptr().add(ch);
         let mut acc = [V::zero(); NB];
         for b in 0..NB {
@@ -121,7 +114,8 @@ unsafe fn pixel_vectors<V: Vector, const NB: usize>(
 /// the partial tail vector past them.
 ///
 /// # Safety
-/// As `pixel`, with `end <= g.c` and `end - c` a multiple of `LANES`.
+/// As `pixel_vectors`, with `end <= g.c` and `end - c` a multiple of
+/// `LANES`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pixel_all<V: Vector>(
@@ -150,7 +144,7 @@ unsafe fn pixel_all<V: Vector>(
             c += V::LANES;
         }
         if last && end < g.c {
-            pixel::<V>(w, g, input, out, oy, ox, end, g.c - end, clamp);
+            pixel_tail::<V>(w, g, input, out, oy, ox, end, g.c - end, clamp);
         }
     }
 }
@@ -261,7 +255,7 @@ pub(super) unsafe fn depthwise<V: Vector>(
                 }
                 if $last && tail > 0 {
                     for j in 0..$p {
-                        pixel::<V>(w, &g, ip, op, $oy, $ox + j, full, tail, clamp);
+                        pixel_tail::<V>(w, &g, ip, op, $oy, $ox + j, full, tail, clamp);
                     }
                 }
             }};
@@ -281,9 +275,7 @@ pub(super) unsafe fn depthwise<V: Vector>(
             let c1 = (c0 + step).min(full);
             let last = c1 == full;
             for oy in 0..g.oh {
-                let iy0 = (oy * g.stride) as isize - g.pad_top as isize;
-                let ky0 = (-iy0).max(0) as usize;
-                let ky1 = ((g.h as isize - iy0).min(g.kh as isize)).max(0) as usize;
+                let (_, ky0, ky1) = span(oy, g.stride, g.pad_top, g.h, g.kh);
                 let mut ox = 0;
                 while ox < g.ow {
                     if unrolled && ox >= x0 && ox + 8 <= x1 {
